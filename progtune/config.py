@@ -257,7 +257,9 @@ def _parse_text(key: str, text: str) -> Any:
     try:
         return yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
-        raise ConfigError(f"{key}={text!r} is not a valid value; quote lists like {key}=[1,2]") from None
+        raise ConfigError(
+            f"{key}={text!r} is not a valid value; quote lists like {key}=[1,2]"
+        ) from None
 
 
 def _number(text: str) -> Any:
@@ -379,7 +381,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML ({first}); fix its syntax") from None
+        raise ConfigError(
+            f"config file {str(p)!r} is not valid YAML ({first}); fix its syntax"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, Mapping):
