@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 import re
 import typing
 from collections.abc import Mapping
@@ -297,6 +298,8 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
         raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if isinstance(value, numbers.Number) and not isinstance(value, (bool, int, float)):
+        value = value.item() if hasattr(value, "item") else value  # numpy scalars from pandas rows
     if tp is int:
         if isinstance(value, bool):
             raise ConfigError(f"{key} must be an integer, got {value!r}")

@@ -1,0 +1,145 @@
+"""`progtune train`: one run from the command line: output folder, progress, resume, export."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from progtune.config import Config, config_hash, list_text, parse_assignments, resolve, to_dict
+from progtune.errors import ProgtuneError
+
+CHECKPOINT_SUBDIR = "checkpoint"
+
+
+def describe(cfg: Config) -> str:
+    """One line saying what a config trains."""
+    m, s = cfg.model, cfg.stages
+    stages = list_text(s.unique_layers)
+    if len(s.unique_layers) > 1:
+        stages += f" at {list_text(tuple(round(b * 100) for b in s.boundaries))} %"
+    return (
+        f"{m.arch} {m.n_layers}x{m.d_model}, unique blocks {stages}, depth sampler "
+        f"{cfg.sampling.strategy}, growth {cfg.growth.operator}, lr {cfg.lr.peak:g} "
+        f"{cfg.lr.schedule}, {cfg.budget.tokens:,} tokens, seed {cfg.seed}"
+    )
+
+
+def progress_line(row: dict[str, Any]) -> str:
+    def f(v: Any, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    return (
+        f"step {row['step']:>6}  tokens {row['tokens']:>11,}  flops {row['flops']:.3e}  "
+        f"stage {row['stage']} (k={row['unique_layers']}, "
+        f"mean depth {f(row['mean_depth'], '.2f')})  lr {row['lr']:.2e}  "
+        f"train {f(row['train_loss'], '.4f')}  eval {f(row['eval_loss'], '.4f')}  "
+        f"{row['wall_s']:.1f}s"
+    )
+
+
+def _write_yaml(cfg: Config, path: Path) -> None:
+    import yaml
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from progtune.data import prepare_data
+    from progtune.results import write_curves, write_trials
+    from progtune.summary import trial_row
+    from progtune.train import train
+
+    cfg = resolve(args.preset, args.config, parse_assignments(args.overrides))
+    out = Path(args.out or f"runs/{args.preset or 'cpu-small'}-{config_hash(cfg)[:8]}")
+    ckpt = out / CHECKPOINT_SUBDIR
+    if args.resume and not (ckpt / "state.pt").is_file():
+        raise ProgtuneError(f"nothing to resume in {out} (no checkpoint); drop --resume to start")
+    if not args.resume and ((out / "trials.parquet").exists() or ckpt.exists()):
+        raise ProgtuneError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    if args.export and Path(args.export).exists() and any(Path(args.export).iterdir()):
+        raise ProgtuneError(f"--export folder {args.export} is not empty; choose a new folder")
+
+    print(f"progtune train: {describe(cfg)}", flush=True)
+    t0 = time.perf_counter()
+    data = prepare_data(cfg.data)
+    print(
+        f"data: {len(data.train):,} training / {len(data.val):,} held-out tokens, "
+        f"vocab {data.vocab_size}, fingerprint {data.fingerprint} "
+        f"({time.perf_counter() - t0:.1f}s)",
+        flush=True,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    _write_yaml(cfg, out / "config.yaml")
+    started = dt.datetime.now(dt.UTC)
+
+    def report(row: dict[str, Any], checkpoint: Path | None) -> None:
+        if not args.quiet:
+            print(progress_line(row), flush=True)
+
+    try:
+        result = train(
+            cfg,
+            report,
+            data=data,
+            checkpoint_dir=ckpt,
+            resume_from=ckpt if args.resume else None,
+        )
+    except KeyboardInterrupt:
+        resume = " ".join(["progtune", "train", *sys.argv[2:]])
+        if "--resume" not in resume:
+            resume += " --resume"
+        if "--out" not in resume:
+            resume += f" --out {out}"
+        print(
+            f"\ninterrupted; continue from the last checkpoint with:\n  {resume}", file=sys.stderr
+        )
+        raise
+    experiment = out.name
+    curve = [{"experiment": experiment, "trial_id": "train", **r} for r in result.curve]
+    row = trial_row(
+        cfg, result, experiment=experiment, trial_id="train", role="train", started_at=started
+    )
+    write_curves(curve, out / "curves.parquet")
+    write_trials([row], out / "trials.parquet")
+    if args.export:
+        export_model(cfg, data, ckpt, Path(args.export))
+        print(f"exported the final model to {args.export}")
+    print(
+        f"{result.status}: final held-out loss {result.final_eval_loss}, "
+        f"{result.total_flops:.3e} training FLOPs, {result.total_tokens:,} tokens, "
+        f"train {result.total_wall_s:.1f}s + eval {result.eval_wall_s:.1f}s + "
+        f"checkpoints {result.checkpoint_wall_s:.1f}s\nresults: {out}/trials.parquet, "
+        f"{out}/curves.parquet"
+    )
+    return 0 if result.status == "completed" else 1
+
+
+def export_model(cfg: Config, data: Any, checkpoint: Path, dest: Path) -> None:
+    """The final checkpoint as an untied transformers model + tokenizer (save_pretrained)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from progtune.model import ProgressiveLM
+    from progtune.train import load_checkpoint
+
+    payload = load_checkpoint(checkpoint)
+    model = ProgressiveLM(
+        cfg.model, data.vocab_size, payload["k"], cfg.growth.operator, data.eos_id, data.pad_id
+    )
+    model.load_state_dict(payload["model"])
+    dest.mkdir(parents=True, exist_ok=True)
+    model.export_hf().save_pretrained(dest)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=__import__("tokenizers").Tokenizer.from_str(data.tokenizer_json),
+        eos_token="<|endoftext|>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+    )
+    tok.save_pretrained(dest)
