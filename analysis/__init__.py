@@ -1,0 +1,1 @@
+"""Analysis of progtune results: pandas, pyarrow and matplotlib only (never torch or ray)."""
