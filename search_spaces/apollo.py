@@ -1,0 +1,68 @@
+"""apollo: which progressive schedule reaches the target loss for the least compute?
+
+Searches the Apollo knobs around the preset: the unique-layer schedule (doubling, Apollo-like
+thirds, halving, single jump; candidates derived from model.n_layers), the stage boundaries, the
+depth sampler and its constants, the growth operator and what happens to the Adam moments at growth,
+and the learning rate (peak around the preset's, warmup, schedule family, re-warmup after growth).
+Conditional knobs (sampler constants, boundaries per stage) are only proposed where they apply.
+
+Budget: TPE needs roughly 10 random start-up trials before it models the space; 8-16 trials give
+a first ranking on a laptop, 50-100 a reliable one on a GPU cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from progtune.config import Config
+from progtune.spaces import unique_layer_schedules
+
+
+def define(trial: Any, base: Config) -> dict[str, Any]:
+    pinned = getattr(trial, "pinned", lambda name: None)
+    pinned_boundaries = pinned("stages.boundaries")
+    schedules = unique_layer_schedules(base.model.n_layers)
+    if pinned_boundaries is not None:  # only schedules with a matching number of stages
+        schedules = {k: v for k, v in schedules.items() if len(v) == len(pinned_boundaries) + 1}
+    choice = trial.suggest_categorical("stages.unique_layers", sorted(schedules))
+    unique_layers = schedules[choice] if isinstance(choice, str) else tuple(choice)  # or pinned
+    # Boundaries: the first in [0.05, 0.5], each next one a share of what is left, so they
+    # are strictly increasing in (0, 1) by construction.
+    boundaries: list[float] = list(pinned_boundaries or [])
+    position = 0.0
+    for i in range(len(unique_layers) - 1 if pinned_boundaries is None else 0):
+        if i == 0:
+            position = trial.suggest_float("space.first_boundary", 0.05, 0.5)
+        else:
+            share = trial.suggest_float(f"space.boundary_share_{i}", 0.1, 0.7)
+            position = position + (1.0 - position) * share
+        boundaries.append(round(min(position, 0.95), 4))
+
+    strategy = trial.suggest_categorical(
+        "sampling.strategy", ["lvps", "uniform", "edge", "full", "none"]
+    )
+    out: dict[str, Any] = {
+        "stages.unique_layers": list(unique_layers),
+        "stages.boundaries": boundaries,
+        "sampling.strategy": strategy,
+    }
+    if strategy in ("lvps", "edge"):
+        out["sampling.lvps_low"] = trial.suggest_float("sampling.lvps_low", 0.4, 0.9)
+        out["sampling.lvps_high"] = trial.suggest_float("sampling.lvps_high", 0.1, 1.0)
+    if strategy == "edge":
+        out["sampling.edge_slope"] = trial.suggest_float("sampling.edge_slope", 5.0, 40.0)
+
+    out["growth.operator"] = trial.suggest_categorical(
+        "growth.operator", ["interpolation", "stacking"]
+    )
+    out["growth.optimizer_state"] = trial.suggest_categorical(
+        "growth.optimizer_state", ["keep", "reset", "copy"]
+    )
+    peak = base.lr.peak
+    out["lr.peak"] = trial.suggest_float("lr.peak", peak / 3, peak * 3, log=True)
+    out["lr.warmup_fraction"] = trial.suggest_float("lr.warmup_fraction", 0.01, 0.2)
+    out["lr.schedule"] = trial.suggest_categorical("lr.schedule", ["cosine", "linear"])
+    out["lr.rewarmup_fraction"] = trial.suggest_categorical(
+        "lr.rewarmup_fraction", [0.0, 0.02, 0.05]
+    )
+    return out
