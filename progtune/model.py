@@ -120,8 +120,8 @@ def train_flops(
     return 3.0 * (float(n_tokens) * per_token_blocks + float(scored) * head_flops(m, vocab_size))
 
 
-def flops_per_token(m: ModelConfig, vocab_size: int, depth: int) -> float:
-    """Training FLOPs per token at depth `depth` (BERT: at the configured mask fraction)."""
+def flops_per_token(m: ModelConfig, vocab_size: int, depth: float) -> float:
+    """Training FLOPs per token at (mean) depth `depth` (BERT: at the configured mask share)."""
     scored = m.mask_fraction if m.arch == "bert" else 1.0
     per_block = block_matmul_flops(m) + 4.0 * m.seq_len * m.d_model
     return 3.0 * (depth * per_block + scored * head_flops(m, vocab_size))
