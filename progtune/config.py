@@ -581,6 +581,15 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def scratch_overrides(n_layers: int) -> dict[str, Any]:
+    """Training from scratch: all L blocks from step 0, always at full depth."""
+    return {
+        "stages.unique_layers": [n_layers],
+        "stages.boundaries": [],
+        "sampling.strategy": "full",
+    }
+
+
 def to_dict(cfg: Config) -> dict[str, Any]:
     """Nested plain dict (tuples as lists) for YAML / JSON output."""
     return json.loads(json.dumps(dataclasses.asdict(cfg)))

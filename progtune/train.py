@@ -265,12 +265,18 @@ def save_checkpoint(
         torch.save(payload, f)
         f.flush()
         os.fsync(f.fileno())
+    (tmp / "meta.json").write_text(json.dumps({"step": st.step, "stage": st.stage}))
     old = directory.with_name(f".{directory.name}-old")
     if directory.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(directory, old)
     os.replace(tmp, directory)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_step(directory: str | Path) -> int:
+    """The optimizer step a checkpoint folder was written at (cheap: no tensors loaded)."""
+    return int(json.loads((Path(directory) / "meta.json").read_text())["step"])
 
 
 def load_checkpoint(directory: Path) -> dict[str, Any]:

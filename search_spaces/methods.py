@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from progtune.config import Config
+from progtune.config import Config, scratch_overrides
 from progtune.spaces import unique_layer_schedules
 
 METHODS = ("scratch", "stacking", "interpolation", "apollo")
@@ -30,11 +30,7 @@ def _growth(base: Config) -> dict[str, Any]:
 def method(name: str, base: Config) -> dict[str, Any]:
     """The overrides of one named method."""
     if name == "scratch" or base.model.n_layers == 1:
-        return {
-            "stages.unique_layers": [base.model.n_layers],
-            "stages.boundaries": [],
-            "sampling.strategy": "full",
-        }
+        return scratch_overrides(base.model.n_layers)
     growth = _growth(base)
     if name == "stacking":
         return {**growth, "sampling.strategy": "none", "growth.operator": "stacking"}

@@ -1,0 +1,162 @@
+"""Engine overhead: tokens/s of progtune's loop vs a plain loop, and step time per executed depth.
+
+    python bench/trainer_overhead.py [--preset NAME] [--repeats N] [--steps N] [KEY=VALUE ...]
+
+1. Full depth: the engine (`progtune.train.train`, scratch config, no evaluation or checkpoint in
+   the timed part) against a plain loop of the same transformers model (HF forward with labels,
+   AdamW, same batches, same precision and threads) measured in the same process, interleaved,
+   best of N. Prints `ratio: X` = engine tokens/s / plain tokens/s (goal >= 0.97).
+2. Per depth: step time (forward + backward + AdamW) of the engine's model at executed depth d,
+   divided by the full-depth step time, against the FLOPs share of that depth. Prints
+   `depth d: time share / FLOPs share = Y` (goal <= 1.15).
+3. The share of a run's wall time spent in evaluation and checkpoints at the preset's settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+
+def plain_loop(cfg, data, steps: int) -> float:
+    """Tokens/s of the textbook loop: HF model(input_ids, labels=...) with AdamW."""
+    from progtune.model import build_hf_model
+    from progtune.train import _Batches, use_bf16
+
+    torch.manual_seed(cfg.seed)
+    model = build_hf_model(cfg.model, data.vocab_size, eos_id=data.eos_id, pad_id=data.pad_id)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr.peak, fused=True)
+    batches = _Batches(data.train, cfg.model.seq_len, cfg.seed)
+    bf16 = use_bf16(cfg, torch.device("cpu"))
+    bs = cfg.budget.batch_size
+    start = time.perf_counter()
+    for step in range(steps):
+        window = batches.take(step * bs, bs)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=window[:, :-1], labels=window[:, :-1]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.lr.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()
+    return steps * bs * cfg.model.seq_len / (time.perf_counter() - start)
+
+
+def engine(cfg, data, steps: int) -> tuple[float, float]:
+    """Tokens/s of progtune.train on its own training clock, and its total wall share."""
+    from progtune.config import with_overrides
+    from progtune.train import train
+
+    n_layers = cfg.model.n_layers
+    tokens = steps * cfg.budget.batch_size * cfg.model.seq_len
+    run = with_overrides(
+        cfg,
+        {
+            "stages.unique_layers": [n_layers],
+            "stages.boundaries": [],
+            "sampling.strategy": "full",
+            "budget.tokens": tokens,
+            "eval.points": 1,
+            "eval.max_tokens": cfg.model.seq_len,
+        },
+    )
+    start = time.perf_counter()
+    result = train(run, data=data)
+    total = time.perf_counter() - start
+    return result.total_tokens / result.total_wall_s, result.total_wall_s / total
+
+
+def depth_times(cfg, data, steps: int) -> dict[int, float]:
+    """Seconds per step at each executed depth (k = 1 unique block, shared)."""
+    from progtune.model import ProgressiveLM
+    from progtune.train import _Batches, make_optimizer, use_bf16
+
+    torch.manual_seed(cfg.seed)
+    model = ProgressiveLM(cfg.model, data.vocab_size, 1, "interpolation", data.eos_id)
+    opt = make_optimizer(model, cfg, torch.device("cpu"))
+    batches = _Batches(data.train, cfg.model.seq_len, cfg.seed)
+    bf16 = use_bf16(cfg, torch.device("cpu"))
+    bs = cfg.budget.batch_size
+    out = {}
+    for d in range(1, cfg.model.n_layers + 1):
+        model.set_depth(d)
+        times = []
+        for step in range(steps + 2):
+            window = batches.take(step * bs, bs)
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model(window[:, :-1], window[:, 1:])
+            loss.value.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss.value.item()
+            times.append(time.perf_counter() - t0)
+        out[d] = float(np.median(times[2:]))  # two warm-up steps dropped
+    return out
+
+
+def main() -> None:
+    from progtune.config import parse_assignments, resolve
+    from progtune.data import prepare_data
+    from progtune.model import flops_per_token
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="cpu-small")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--with-run", action="store_true", help="also time one whole preset run")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    cfg = resolve(args.preset, overrides=parse_assignments(args.overrides))
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    data = prepare_data(cfg.data)
+    m = cfg.model
+    print(
+        f"preset {args.preset}: {m.arch} {m.n_layers}x{m.d_model}, seq {m.seq_len}, "
+        f"batch {cfg.budget.batch_size}, threads {torch.get_num_threads()}"
+    )
+
+    plain_loop(cfg, data, 5)  # warm-up: allocator, kernels
+    engine_rates, plain_rates, shares = [], [], []
+    for _ in range(args.repeats):  # interleaved so machine noise hits both alike
+        plain_rates.append(plain_loop(cfg, data, args.steps))
+        rate, share = engine(cfg, data, args.steps)
+        engine_rates.append(rate)
+        shares.append(share)
+    print(
+        f"full depth: engine {max(engine_rates):,.0f} tokens/s, plain loop "
+        f"{max(plain_rates):,.0f} tokens/s (best of {args.repeats})"
+    )
+    print(f"ratio: {max(engine_rates) / max(plain_rates):.3f}")
+
+    times = depth_times(cfg, data, max(args.steps // 2, 5))
+    full_time, full_flops = times[m.n_layers], flops_per_token(m, data.vocab_size, m.n_layers)
+    for d, t in times.items():
+        flops_share = flops_per_token(m, data.vocab_size, d) / full_flops
+        print(
+            f"depth {d}: {t * 1000:.1f} ms/step, time share {t / full_time:.3f}, FLOPs share "
+            f"{flops_share:.3f}, time share / FLOPs share = {t / full_time / flops_share:.3f}"
+        )
+
+    if args.with_run:
+        import tempfile
+
+        from progtune.train import train
+
+        with tempfile.TemporaryDirectory() as tmp:
+            result = train(cfg, data=data, checkpoint_dir=f"{tmp}/checkpoint")
+        total = result.total_wall_s + result.eval_wall_s + result.checkpoint_wall_s
+        print(
+            f"preset run: train {result.total_wall_s:.1f}s, eval {result.eval_wall_s:.1f}s "
+            f"({result.eval_wall_s / total:.1%}), checkpoints {result.checkpoint_wall_s:.1f}s "
+            f"({result.checkpoint_wall_s / total:.1%})"
+        )
+
+
+if __name__ == "__main__":
+    main()
