@@ -1,0 +1,150 @@
+"""Search spaces, pinned knobs, objective/surrogate and `progtune search` input checks (no Ray)."""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from progtune.config import resolve
+from progtune.search_state import objective
+from progtune.spaces import (
+    SHIPPED,
+    SpaceError,
+    call_define,
+    load_space,
+    sample_configs,
+    unique_layer_schedules,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("preset", ["tiny", "cpu-small", "gpt2-base"])
+def test_every_shipped_space_draws_valid_configs(name, preset):
+    base = resolve(preset)
+    space = load_space(name)
+    assert space.doc, "every space states its question and budget in a docstring"
+    configs = sample_configs(space, base, {}, 12, seed=3)
+    assert len(configs) == 12
+    for cfg in configs:  # sample_configs validates; check the invariants again explicitly
+        assert cfg.stages.unique_layers[-1] == base.model.n_layers
+        assert len(cfg.stages.boundaries) == len(cfg.stages.unique_layers) - 1
+
+
+def test_pinned_knobs_are_not_searched():
+    base = resolve("cpu-small", overrides={"sampling.strategy": "lvps", "lr.peak": 2e-3})
+    pinned = {"sampling.strategy": "lvps", "lr.peak": 2e-3}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(6):
+        trial = study.ask()
+        out = call_define(load_space("apollo"), trial, base, pinned)
+        assert out["sampling.strategy"] == "lvps" and out["lr.peak"] == 2e-3
+        assert "sampling.strategy" not in trial.params and "lr.peak" not in trial.params
+        study.tell(trial, 1.0)
+
+
+def test_pinned_boundaries_restrict_the_schedule():
+    base = resolve(
+        "cpu-small", overrides={"stages.boundaries": [0.3], "stages.unique_layers": [2, 4]}
+    )
+    configs = sample_configs(load_space("apollo"), base, {"stages.boundaries": (0.3,)}, 8, 0)
+    assert all(c.stages.boundaries == (0.3,) and len(c.stages.unique_layers) == 2 for c in configs)
+
+
+def test_methods_space_is_the_classic_alternatives():
+    base = resolve("cpu-small")
+    configs = sample_configs(load_space("methods"), base, {}, 4, 0)
+    scratch, stacking, interpolation, apollo = configs
+    assert scratch.stages.unique_layers == (4,) and scratch.sampling.strategy == "full"
+    assert (stacking.sampling.strategy, stacking.growth.operator) == ("none", "stacking")
+    assert (interpolation.sampling.strategy, interpolation.growth.operator) == (
+        "none",
+        "interpolation",
+    )
+    assert (apollo.sampling.strategy, apollo.growth.operator) == ("lvps", "interpolation")
+    assert stacking.stages.unique_layers == (1, 2, 4)
+
+
+def test_unique_layer_schedules():
+    assert unique_layer_schedules(12)["1-3-6-12"] == (1, 3, 6, 12)
+    assert unique_layer_schedules(4) == {"1-2-4": (1, 2, 4), "2-4": (2, 4), "1-4": (1, 4)}
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ("x = 1\n", "no define(trial)"),
+        ("def define(trial):\n    return [1]\n", "must return a dict"),
+        ("def define(trial):\n    return {'lr.pek': 1}\n", "unknown knob"),
+        ("def define(trial):\n    raise ValueError('boom')\n", "raised ValueError: boom"),
+        ("def define(trial:\n", "syntax error"),
+        ("import no_such_module_xyz\n", "failed to import"),
+    ],
+)
+def test_bad_space_files(tmp_path, body, fragment):
+    path = tmp_path / "space.py"
+    path.write_text(body)
+    with pytest.raises(SpaceError, match=re.escape(fragment)):
+        space = load_space(str(path))
+        sample_configs(space, resolve("tiny"), {}, 1, 0)
+
+
+def test_objective_reached_and_surrogate():
+    curve = [
+        {"flops": 0.0, "eval_loss": 6.0},
+        {"flops": 100.0, "eval_loss": 4.0},
+        {"flops": 200.0, "eval_loss": 3.0},
+    ]
+    assert objective(curve, 3.5, 1000.0, 2048) == pytest.approx(150.0)
+    # Not reached: planned FLOPs x (best / target) ** 10, continuous and ordered by closeness.
+    assert objective(curve, 2.5, 1000.0, 2048) == pytest.approx(1000.0 * (3.0 / 2.5) ** 10)
+    near = objective(curve, 2.999, 1000.0, 2048)
+    assert 1000.0 < near < 1005.0  # (3 / 2.999) ** 10 = 1.0033
+    diverged = [{"flops": 0.0, "eval_loss": math.nan}]
+    assert objective(diverged, 3.0, 1000.0, 2048) == pytest.approx(
+        1000.0 * (math.log(2048) / 3.0) ** 10
+    )
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "progtune.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["search", "--space", "nope"], "unknown search space"),
+        (["search", "--resume"], "--resume needs --name"),
+        (["search", "--num-samples", "0"], "--num-samples must be >= 1"),
+        (["search", "--bogus"], "unrecognized arguments"),
+        (["search", "lr.pek=1"], "unknown config key 'lr.pek'"),
+        (["search", "--resume", "--name", "never-ran"], "no experiment 'never-ran'"),
+        (["search", "--dry-run", "--resume", "--name", "x"], "cannot be combined"),
+    ],
+)
+def test_search_bad_input_exits_2_with_one_line(tmp_path, args, fragment):
+    out = _cli(*args, "--storage", str(tmp_path / "res"), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and fragment in lines[0], out.stderr
+    assert not (tmp_path / "res").exists() or not any((tmp_path / "res").iterdir())
+
+
+def test_dry_run_prints_configs_and_totals(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROGTUNE_CACHE", str(tmp_path / "cache"))
+    out = _cli("search", "--dry-run", "--preset", "tiny", "--num-samples", "3", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "reference:" in out.stdout and "trial 2:" in out.stdout and "total:" in out.stdout
+    assert not (tmp_path / "results").exists()
