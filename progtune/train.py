@@ -388,8 +388,8 @@ def train(
         stop = bool(report(dict(row), written)) if report else False
         return stop or not math.isfinite(eval_loss)
 
-    if not st.curve:
-        emit_row(None)
+    if not st.curve and emit_row(None):  # a report may stop the run at its first row too
+        status = "stopped" if math.isfinite(st.curve[-1]["eval_loss"]) else "diverged"
 
     while st.step < plan.total_steps and status == "completed":
         # Growth happens once the steps of the previous stage are done (after its boundary row).

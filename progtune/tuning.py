@@ -444,6 +444,8 @@ def run_search(
 
     `tmp_root`: the folder from `local_ray.prepare_local_ray_env` (local mode), removed at the end.
     """
+    # Tune warns about trials that never started when it builds the result grid: not news here.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     try:
         print(start_ray(settings, tmp_root), flush=True)
         return _fit(settings, data)
@@ -507,8 +509,14 @@ def _fit(settings: SearchSettings, data: Any) -> tuple[int, SearchState]:
         )
     else:
         tuner = _new_tuner(settings, trainable, local_exp, exp_uri)
-    results = tuner.fit()
+    results = tuner.fit()  # a first Ctrl-C makes Tune save its state and return
 
+    unfinished = sum(1 for r in results if r.error is None and not (r.metrics or {}).get("done"))
+    unfinished += max(0, _expected_trials(settings) - len(results))
+    interrupted = bool(unfinished) and settings.time_budget_s is None
+    if interrupted and exp_uri in _REFERENCE:
+        ray.cancel(_REFERENCE.pop(exp_uri), force=True)  # rerun on --resume
+        state.trials.pop("reference", None)
     # The reference may still be running when the last trial ends: wait for it.
     while exp_uri in _REFERENCE:
         time.sleep(1.0)
@@ -517,12 +525,15 @@ def _fit(settings: SearchSettings, data: Any) -> tuple[int, SearchState]:
     if searcher is not None:
         searcher.tell_pending()
     state.write(force=True)
-    unfinished = sum(1 for r in results if r.error is None and not (r.metrics or {}).get("done"))
-    unfinished += max(0, _expected_trials(settings) - len(results))
-    if unfinished and settings.time_budget_s is None:
+    if interrupted:
         return 130, state
     failed = results.num_errors or (state.reference and state.reference.status == "failed")
     return (1 if failed else 0), state
+
+
+def _trial_name(trial: Any) -> str:
+    """Short folder names: Tune's default packs every parameter into the path."""
+    return f"trial_{trial.trial_id}"
 
 
 def _expected_trials(settings: SearchSettings) -> int:
@@ -577,6 +588,8 @@ def _new_tuner(settings, trainable, local_exp, exp_uri):
             max_concurrent_trials=settings.max_concurrent or None if settings.points else None,
             time_budget_s=settings.time_budget_s,
             reuse_actors=False,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
             name=name,
