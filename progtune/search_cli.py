@@ -284,7 +284,7 @@ def build_settings(args: argparse.Namespace):
 
 def _save_settings(settings: Any, preset: str | None, config_file: str | None) -> None:
     doc = {
-        "space_spec": settings.space.source,
+        "space_spec": settings.space.source.removeprefix("progtune.search_spaces."),
         "space_sha256": settings.space.sha256,
         "preset": preset,
         "config_file": config_file,

@@ -38,7 +38,7 @@ def test_validator_catches_typos_and_wrong_types(cluster, path, value):
     for key in path[:-1]:
         node = node[key]
     node[path[-1]] = value
-    with pytest.raises(Exception, match="not of type|unexpected"):
+    with pytest.raises(Exception, match=r"not of type|unexpected"):
         validate(cluster)
 
 
