@@ -410,6 +410,9 @@ def run_search(args: argparse.Namespace) -> int:
         flush=True,
     )
     tmp_root = prepare_local_ray_env() if settings.address is None else None
+    if settings.address and settings.address.split(":")[0] in ("127.0.0.1", "localhost"):
+        # A cluster on this machine: keep the driver on loopback too (Ray reads it at import).
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     from progtune.tuning import run_search as tune_run  # imports ray: after the environment
 
     code, state = tune_run(settings, data, tmp_root)
