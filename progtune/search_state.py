@@ -89,6 +89,7 @@ class TrialRecord:
     status: str = "running"
     error: str | None = None
     started_at: Any = None
+    t0: float | None = None  # driver's monotonic clock at the first start (slot time measured here)
 
 
 class SearchState:
@@ -138,7 +139,7 @@ class SearchState:
 
         if trial_id not in self.trials:
             self.trials[trial_id] = TrialRecord(
-                trial_id, role, flatten(cfg), planned_flops, started_at=now
+                trial_id, role, flatten(cfg), planned_flops, started_at=now, t0=time.monotonic()
             )
 
     def add_row(self, trial_id: str, row: Mapping[str, Any], resumed_from: int = 0) -> None:
@@ -153,6 +154,8 @@ class SearchState:
     def finish(self, trial_id: str, status: str, final: Mapping[str, Any] | None, error=None):
         rec = self.trials[trial_id]
         rec.status, rec.final, rec.error = status, dict(final or {}), error
+        if rec.t0 is not None:  # the slot's whole time: start-up, training, evaluation, saving
+            rec.final["trial_wall_s"] = time.monotonic() - rec.t0
         self._dirty = True
 
     def curve(self, trial_id: str) -> list[dict[str, Any]]:

@@ -438,7 +438,7 @@ def train(
             last = st.curve[-1]["eval_loss"]
             if not math.isfinite(last) or not finite:
                 status = "diverged"
-            elif stop:
+            elif stop and st.step < plan.total_steps:  # at the last row it finished anyway
                 status = "stopped"
 
     final = st.curve[-1]["eval_loss"] if st.curve else None
