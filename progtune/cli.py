@@ -1,4 +1,4 @@
-"""`progtune train | search | knobs`: parse arguments and delegate; no logic of its own."""
+"""`progtune train | search | report | knobs`: parse arguments and delegate; no logic of its own."""
 
 from __future__ import annotations
 
@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     from progtune.search_cli import add_search_parser
 
     add_search_parser(sub)
+    from progtune.report_cli import add_report_parser
+
+    add_report_parser(sub)
     return parser
 
 
@@ -91,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from progtune.search_cli import run_search
 
             return run_search(args)
+        if args.command == "report":
+            from progtune.report_cli import run_report
+
+            return run_report(args)
         return handlers[args.command](args)
     except ProgtuneError as exc:
         print(f"progtune: error: {exc}", file=sys.stderr)

@@ -171,7 +171,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data.vocab_size": 2048,
         "stages.unique_layers": (1, 2, 4),
         "stages.boundaries": (0.2, 0.5),
-        "budget.tokens": 500_000,
+        "budget.tokens": 400_000,
         "budget.batch_size": 16,
         "eval.points": 8,
         "eval.max_tokens": 16_384,

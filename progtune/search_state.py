@@ -59,10 +59,10 @@ def objective(curve: list[Mapping], target: float, planned_flops: float, vocab_s
     """The search objective: FLOPs to reach the target loss, or a continuous surrogate.
 
     Reached: `flops_to_target` (linear interpolation between evaluations). Not reached (or
-    diverged): planned_flops x (best_loss / target) ** 10, where planned_flops is the FLOPs of the
-    trial's whole planned budget and best_loss its lowest finite held-out loss (ln V, the loss of
-    a uniform guess, when it has none). A trial that just misses the target at the end of its
-    budget scores about its budget, i.e. just above every trial that reached the target within it,
+    diverged): planned_flops x (best_loss / target) ** 10, where planned_flops is the larger of the
+    trial's and the reference run's whole planned budget, and best_loss the trial's lowest finite
+    held-out loss (ln V, the loss of a uniform guess, when it has none). A trial that just misses
+    scores about a full scratch budget, i.e. above every trial that reached the target within it,
     and trials that miss by more score higher, so Optuna still learns which way is better.
     """
     reached = flops_to_target(curve, target)
@@ -166,7 +166,9 @@ class SearchState:
         target, rec = self.target, self.trials[trial_id]
         if target is None:
             return None
-        planned = rec.planned_flops
+        # Missing the target is never cheaper than training the reference run's whole budget.
+        ref = self.reference
+        planned = max(rec.planned_flops, ref.planned_flops if ref else 0.0)
         if rec.final and rec.status == "completed":
             planned = max(planned, float(rec.final.get("total_flops") or 0.0))
         return objective(self.curve(trial_id), target, planned, self.vocab_size)

@@ -65,7 +65,11 @@ def trial_row(
     With a target, compute-to-target comes from the shared `to_target` on the run's curve; with the
     reference run's FLOPs-to-target too, the saving and speed-up of apollo.md 6.
     """
-    reached = to_target(result.curve, target_loss) if target_loss is not None else {}
+    reached: dict[str, float | None] = dict.fromkeys(
+        ("flops_to_target", "tokens_to_target", "wall_s_to_target")
+    )
+    if target_loss is not None:
+        reached = to_target(result.curve, target_loss)
     flops = reached.get("flops_to_target")
     return {
         "experiment": experiment,

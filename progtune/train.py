@@ -51,6 +51,10 @@ class TrainResult:
     threads: int
     data_fingerprint: str
 
+    def totals(self) -> dict[str, Any]:
+        """Everything but the curve and status: the summary a trial reports at its end."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("curve", "status")}
+
 
 @dataclass
 class Plan:

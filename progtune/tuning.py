@@ -43,6 +43,7 @@ _SETUPS: dict[str, dict] = {}  # experiment URI -> the trial setup (base config,
 _SETTINGS: dict[str, SearchSettings] = {}  # experiment URI -> the search settings
 _REFERENCE: dict[str, Any] = {}  # experiment URI -> pending reference ObjectRef
 _SEARCHERS: dict[str, Any] = {}  # experiment URI -> the Optuna searcher
+_LAST_POLL: dict[str, float] = {}  # experiment URI -> when the reference's rows were last read
 
 
 _STATES: dict[str, SearchState] = {}  # experiment URI -> state, shared by callback and searcher
@@ -105,7 +106,7 @@ def _board_target(setup: dict) -> float | None:
     if setup.get("target_loss") is not None:
         return setup["target_loss"]
     try:
-        return ray.get(ray.get_actor(setup["board"]).get.remote(), timeout=10)
+        return ray.get(setup["board"].get.remote(), timeout=10)
     except Exception:  # no board yet (or gone): the target is simply unknown
         return None
 
@@ -152,59 +153,55 @@ def run_trial(config: dict, data: Any = None, setup: dict | None = None) -> None
             "final": True,
             "resumed_from": resumed_from,
             "status": status,
-            "final_eval_loss": result.final_eval_loss,
-            "total_flops": result.total_flops,
-            "total_tokens": result.total_tokens,
-            "total_wall_s": result.total_wall_s,
-            "eval_wall_s": result.eval_wall_s,
-            "checkpoint_wall_s": result.checkpoint_wall_s,
-            "steps": result.steps,
-            "device": result.device,
-            "threads": result.threads,
-            "data_fingerprint": result.data_fingerprint,
+            **result.totals(),
             "trial_wall_s": time.perf_counter() - started,
         }
     )
 
 
-def _reference_task(flat: dict, data: Any, threads: int) -> dict:
-    """The reference run as a plain Ray task (it is not part of the Optuna study)."""
+def _reference_task(flat: dict, data: Any, threads: int, board: Any) -> dict:
+    """The reference run as a plain Ray task (it is not part of the Optuna study).
+
+    Its curve rows also go to the board as they come, so the live table and the Parquet files
+    show its progress; the returned curve is the authoritative one.
+    """
     from progtune.train import train
 
     cfg = with_overrides(from_flat(flat), {"runtime.threads": threads})
     started = time.perf_counter()
-    result = train(cfg, data=data)
+
+    def report(row: dict, checkpoint: Any) -> bool:
+        board.add_row.remote(row)
+        return False  # never stop the reference early
+
+    result = train(cfg, report, data=data)
     return {
         "curve": result.curve,
-        "final": {
-            "final_eval_loss": result.final_eval_loss,
-            "total_flops": result.total_flops,
-            "total_tokens": result.total_tokens,
-            "total_wall_s": result.total_wall_s,
-            "eval_wall_s": result.eval_wall_s,
-            "checkpoint_wall_s": result.checkpoint_wall_s,
-            "steps": result.steps,
-            "device": result.device,
-            "threads": result.threads,
-            "data_fingerprint": result.data_fingerprint,
-            "trial_wall_s": time.perf_counter() - started,
-        },
+        "final": {**result.totals(), "trial_wall_s": time.perf_counter() - started},
         "status": result.status,
     }
 
 
 @ray.remote(num_cpus=0)
 class TargetBoard:
-    """Holds the target loss once known, for trials that stop at the target."""
+    """Holds the target loss once known (for --stop-at-target) and the reference run's rows."""
 
     def __init__(self) -> None:
         self.target: float | None = None
+        self.rows: list[dict] = []
 
     def set(self, target: float | None) -> None:
         self.target = target
 
     def get(self) -> float | None:
         return self.target
+
+    def add_row(self, row: dict) -> None:
+        self.rows.append(row)
+
+    def take_rows(self) -> list[dict]:
+        rows, self.rows = self.rows, []
+        return rows
 
 
 # ---------------------------------------------------------------------------- driver side
@@ -282,11 +279,16 @@ def _poll_reference(exp_uri: str) -> None:
     ref = _REFERENCE.get(exp_uri)
     if ref is None:
         return
+    state = _STATES[exp_uri]
     done, _ = ray.wait([ref], timeout=0)
     if not done:
+        if time.monotonic() - _LAST_POLL.get(exp_uri, 0.0) > 5.0:  # live rows, now and then
+            _LAST_POLL[exp_uri] = time.monotonic()
+            board = _SETUPS[exp_uri]["board"]
+            for row in ray.get(board.take_rows.remote(), timeout=30):
+                state.add_row("reference", row)
         return
     del _REFERENCE[exp_uri]
-    state = _STATES[exp_uri]
     try:
         out = ray.get(ref)
         for row in out["curve"]:
@@ -299,12 +301,7 @@ def _poll_reference(exp_uri: str) -> None:
 
 
 def _publish_target(exp_uri: str) -> None:
-    state = _STATES[exp_uri]
-    try:
-        board = ray.get_actor(_SETUPS[exp_uri]["board"])
-        board.set.remote(state.target)
-    except ValueError:
-        pass
+    _SETUPS[exp_uri]["board"].set.remote(_STATES[exp_uri].target)
     searcher = _SEARCHERS.get(exp_uri)
     if searcher is not None:
         searcher.tell_pending()
@@ -468,8 +465,7 @@ def _fit(settings: SearchSettings, data: Any) -> tuple[int, SearchState]:
     if gpus is None:
         gpus = 1.0 if cluster_can_have_gpus() else 0.0
     threads = max(1, int(settings.cpus_per_trial))
-    board_name = f"progtune-target-{abs(hash(exp_uri)) % 10**12}"
-    TargetBoard.options(name=board_name).remote()
+    board = TargetBoard.remote()  # handles travel to the trials and the reference task
     setup = {
         "base": flatten(settings.base),
         "pinned": settings.pinned,
@@ -477,7 +473,7 @@ def _fit(settings: SearchSettings, data: Any) -> tuple[int, SearchState]:
         "threads": threads,
         "stop_at_target": settings.stop_at_target,
         "target_loss": settings.target_loss,
-        "board": board_name,
+        "board": board,
     }
     _SETUPS[exp_uri] = setup
 
@@ -492,7 +488,7 @@ def _fit(settings: SearchSettings, data: Any) -> tuple[int, SearchState]:
         task = ray.remote(_reference_task).options(
             num_cpus=settings.cpus_per_trial, num_gpus=gpus, max_retries=2
         )
-        _REFERENCE[exp_uri] = task.remote(flatten(ref_cfg), data, threads)
+        _REFERENCE[exp_uri] = task.remote(flatten(ref_cfg), data, threads, board)
         print("reference run (from scratch, full depth) started beside the trials", flush=True)
     else:
         print(f"reusing the finished reference run: target loss {state.target:.4f}", flush=True)
