@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     from progtune.search_cli import add_search_parser
 
     add_search_parser(sub)
+    from progtune.confirm_cli import add_confirm_parsers
+
+    add_confirm_parsers(sub)
     from progtune.report_cli import add_report_parser
 
     add_report_parser(sub)
@@ -98,6 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from progtune.report_cli import run_report
 
             return run_report(args)
+        if args.command in ("confirm", "export"):
+            from progtune import confirm_cli
+
+            run = confirm_cli.run_confirm if args.command == "confirm" else confirm_cli.run_export
+            return run(args)
         return handlers[args.command](args)
     except ProgtuneError as exc:
         print(f"progtune: error: {exc}", file=sys.stderr)

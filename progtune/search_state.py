@@ -44,10 +44,18 @@ class SearchSettings:
     max_failures: int = 2
     verbose: bool = True
     points: list[dict[str, Any]] = field(default_factory=list)  # fixed-point spaces
+    point_seeds: list[int] = field(default_factory=list)  # seeds per point (default seed, +1..)
+    role: str = "search"  # search | confirm
+    tune_subdir: str = ""  # confirm runs keep Tune's state in a sub-folder of the experiment
 
     @property
     def exp_uri(self) -> str:
         return f"{self.storage.rstrip('/')}/{self.name}"
+
+    @property
+    def tune_path(self) -> str:
+        """Where Ray Tune keeps this run's experiment state (restore reads it from here)."""
+        return f"{self.exp_uri}/{self.tune_subdir}" if self.tune_subdir else self.exp_uri
 
 
 def reference_config(base: Config) -> Config:

@@ -218,7 +218,8 @@ class ResultsCallback(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         cfg = _trial_config(trial.config, _SETUPS[self.exp_uri])
         now = dt.datetime.now(dt.UTC)
-        self.state.start(trial.trial_id, "search", cfg, _planned(cfg, self.state), now)
+        role = _SETTINGS[self.exp_uri].role
+        self.state.start(trial.trial_id, role, cfg, _planned(cfg, self.state), now)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if trial.trial_id not in self.state.trials:
@@ -456,8 +457,8 @@ def _fit(settings: SearchSettings, data: Any) -> tuple[int, SearchState]:
     exp_uri = settings.exp_uri
     local_exp = None if "://" in exp_uri else exp_uri
     state = SearchState(exp_uri, settings.name, data.vocab_size, settings.target_loss)
-    if settings.resume:
-        state.load()
+    if settings.resume or settings.role == "confirm":
+        state.load()  # a confirm run adds its trials to the experiment's results
     _STATES[exp_uri] = state
     _SETTINGS[exp_uri] = settings
 
@@ -498,7 +499,7 @@ def _fit(settings: SearchSettings, data: Any) -> tuple[int, SearchState]:
         tune.with_parameters(run_trial, data=data, setup=setup),
         {"cpu": settings.cpus_per_trial, "gpu": gpus},
     )
-    exp_path = exp_uri
+    exp_path = settings.tune_path
     if settings.resume and tune.Tuner.can_restore(exp_path):
         tuner = tune.Tuner.restore(
             exp_path, trainable=trainable, resume_errored=True, restart_errored=False
@@ -532,12 +533,18 @@ def _trial_name(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def _point_seeds(settings: SearchSettings) -> list[int]:
+    """Seeds each fixed point runs on: given (confirm), or seed, seed+1, ... (N / points runs)."""
+    if settings.point_seeds:
+        return list(settings.point_seeds)
+    repeats = max(1, settings.num_samples // max(1, len(settings.points)))
+    return [settings.base.seed + i for i in range(repeats)]
+
+
 def _expected_trials(settings: SearchSettings) -> int:
-    return (
-        len(settings.points) * max(1, settings.num_samples // max(1, len(settings.points)))
-        if settings.points
-        else settings.num_samples
-    )
+    if settings.points:
+        return len(settings.points) * len(_point_seeds(settings))
+    return settings.num_samples
 
 
 def _new_tuner(settings, trainable, local_exp, exp_uri):
@@ -546,11 +553,9 @@ def _new_tuner(settings, trainable, local_exp, exp_uri):
     results_cb = ResultsCallback(exp_uri)
     progress = ProgressCallback(exp_uri, _expected_trials(settings) + 1)
     if settings.points:
-        repeats = max(1, settings.num_samples // len(settings.points))
-        base_seed = settings.base.seed
         param_space = {
             "point": tune.grid_search(list(range(len(settings.points)))),
-            "repeat_seed": tune.grid_search([base_seed + i for i in range(repeats)]),
+            "repeat_seed": tune.grid_search(_point_seeds(settings)),
         }
         search_alg, num_samples = None, 1
     else:
@@ -574,6 +579,8 @@ def _new_tuner(settings, trainable, local_exp, exp_uri):
             reduction_factor=2,
         )
     storage, name = settings.storage, settings.name
+    if settings.tune_subdir:
+        storage, name = settings.exp_uri, settings.tune_subdir
     return tune.Tuner(
         trainable,
         param_space=param_space,
