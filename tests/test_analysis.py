@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+
+from progtune import cli
 from progtune.analysis.compute_to_target import choose_target, trial_metrics
 from progtune.analysis.importance import eta_squared, knob_importance, spearman
 from progtune.analysis.load import load_experiments
 from progtune.analysis.ranking import bootstrap_interval, rank_trials
 from progtune.analysis.report import build_report, terminal_text, write_report
-
-from progtune import cli
 from progtune.errors import ResultsError
 from progtune.results import write_curves, write_trials
 
