@@ -111,17 +111,13 @@ def run_confirm(args: argparse.Namespace) -> int:
 
 
 def _run(settings: Any, best: list[dict], seeds: list[int]) -> int:
-    import os
-
     from progtune.data import prepare_data
-    from progtune.local_ray import prepare_local_ray_env
+    from progtune.local_ray import prepare_ray_env
 
     data = prepare_data(settings.base.data)
     print(f"confirming {len(best)} configuration(s) of {settings.name} on seeds {seeds} "
           f"({len(best) * len(seeds)} runs, role confirm)", flush=True)  # fmt: skip
-    tmp_root = prepare_local_ray_env() if settings.address is None else None
-    if settings.address and settings.address.split(":")[0] in ("127.0.0.1", "localhost"):
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    tmp_root = prepare_ray_env(settings.address)
     from progtune.tuning import run_search
 
     code, state = run_search(settings, data, tmp_root)

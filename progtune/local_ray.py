@@ -28,3 +28,15 @@ def prepare_local_ray_env() -> str:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tmp_root, "inductor"))
     return tmp_root
+
+
+def prepare_ray_env(address: str | None) -> str | None:
+    """Before `import ray`: a private local Ray (returns its temp folder) or join `address`.
+
+    A cluster on this machine (a loopback address) keeps the driver on loopback too.
+    """
+    if address is None:
+        return prepare_local_ray_env()
+    if address.split(":")[0] in ("127.0.0.1", "localhost"):
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    return None

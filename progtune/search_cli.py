@@ -395,7 +395,7 @@ def run_search(args: argparse.Namespace) -> int:
     if args.dry_run:
         return dry_run(settings)
     from progtune.data import prepare_data
-    from progtune.local_ray import prepare_local_ray_env
+    from progtune.local_ray import prepare_ray_env
 
     data = prepare_data(settings.base.data)
     print(
@@ -409,10 +409,7 @@ def run_search(args: argparse.Namespace) -> int:
         f"{settings.num_samples} trials + reference, results in {settings.exp_uri}",
         flush=True,
     )
-    tmp_root = prepare_local_ray_env() if settings.address is None else None
-    if settings.address and settings.address.split(":")[0] in ("127.0.0.1", "localhost"):
-        # A cluster on this machine: keep the driver on loopback too (Ray reads it at import).
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    tmp_root = prepare_ray_env(settings.address)
     from progtune.tuning import run_search as tune_run  # imports ray: after the environment
 
     code, state = tune_run(settings, data, tmp_root)
