@@ -113,6 +113,7 @@ class EvalConfig:
     points: int = 20  # evenly spaced evaluations over the run (plus one at every stage boundary)
     max_tokens: int = 65_536  # held-out tokens per evaluation (fixed windows; 0 = all)
     batch_size: int = 32
+    at_flops: tuple[float, ...] = ()  # also evaluate once cumulative FLOPs pass each (ASHA rungs)
 
 
 @dataclass(frozen=True)
@@ -559,6 +560,7 @@ def validate(cfg: Config) -> Config:
     _need(e.points >= 1, "eval.points", f"must be >= 1, got {e.points}")
     _need(e.max_tokens >= 0, "eval.max_tokens", f"must be >= 0 (0 = all), got {e.max_tokens}")
     _need(e.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {e.batch_size}")
+    _need(all(f > 0 for f in e.at_flops), "eval.at_flops", f"must be > 0, got {list(e.at_flops)}")
 
     r = cfg.runtime
     _need(

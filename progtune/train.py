@@ -436,7 +436,11 @@ def train(
         st.wall_s += time.perf_counter() - t0
         if not finite:
             status = "diverged"
-        if st.step in plan.eval_steps or not finite:
+        # Evaluate on the step grid, and once cumulative FLOPs first pass a mark (ASHA's rungs,
+        # so a scheduler compares trials at the compute it decides at).
+        last_flops = st.curve[-1]["flops"] if st.curve else 0.0
+        crossed = any(last_flops < mark <= st.flops for mark in cfg.eval.at_flops)
+        if st.step in plan.eval_steps or crossed or not finite:
             train_loss = st.loss_sum / st.micro_count if st.micro_count else None
             stop = emit_row(train_loss)
             last = st.curve[-1]["eval_loss"]

@@ -99,6 +99,8 @@ def _trial_config(config: dict, setup: dict) -> Config:
         overrides["seed"] = config["repeat_seed"]
     overrides.update(setup["pinned"])
     overrides["runtime.threads"] = setup["threads"]
+    if setup.get("eval_at_flops"):
+        overrides["eval.at_flops"] = setup["eval_at_flops"]
     return with_overrides(from_flat(setup["base"]), overrides)
 
 
@@ -476,6 +478,8 @@ def _fit(settings: SearchSettings, data: Any) -> tuple[int, SearchState]:
         "target_loss": settings.target_loss,
         "board": board,
     }
+    if settings.scheduler == "asha":  # evaluate where ASHA's rungs decide
+        setup["eval_at_flops"] = _asha_rungs(reference_config(settings.base), data.vocab_size)
     _SETUPS[exp_uri] = setup
 
     # The reference run: reused when a finished one is on record, else started now as a task
@@ -533,6 +537,12 @@ def _trial_name(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def _asha_rungs(reference: Config, vocab_size: int) -> list[float]:
+    """ASHA's milestones in cumulative FLOPs: 1/8, 1/4, 1/2 and all of a scratch budget."""
+    full = planned_flops(reference, vocab_size)
+    return [full / 8, full / 4, full / 2, full]
+
+
 def _point_seeds(settings: SearchSettings) -> list[int]:
     """Seeds each fixed point runs on: given (confirm), or seed, seed+1, ... (N / points runs)."""
     if settings.point_seeds:
@@ -569,13 +579,13 @@ def _new_tuner(settings, trainable, local_exp, exp_uri):
         param_space, num_samples = {}, settings.num_samples
     scheduler = FIFOScheduler()
     if settings.scheduler == "asha":
-        ref_flops = planned_flops(reference_config(settings.base), _STATES[exp_uri].vocab_size)
+        rungs = _asha_rungs(reference_config(settings.base), _STATES[exp_uri].vocab_size)
         scheduler = ASHAScheduler(
             time_attr="flops",
             metric="eval_loss",
             mode="min",
-            max_t=ref_flops,
-            grace_period=ref_flops / 8,
+            max_t=2 * rungs[-1],  # above every budget: a trial that ran out is not "stopped"
+            grace_period=rungs[0],
             reduction_factor=2,
         )
     storage, name = settings.storage, settings.name
