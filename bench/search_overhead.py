@@ -58,6 +58,12 @@ def main() -> None:
     parser.add_argument("--space", default="apollo")
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--skip-threads", action="store_true", help="skip part 2")
+    parser.add_argument(
+        "--threads-tokens",
+        type=int,
+        default=200_000,
+        help="budget.tokens of part 2's runs (default 200000)",
+    )
     parser.add_argument("overrides", nargs="*")
     a = parser.parse_args()
     slots = os.cpu_count() or 1
@@ -73,7 +79,14 @@ def main() -> None:
             print(f"   {key}: {value:.3f}")
         if a.skip_threads or slots < 2:
             return
-        fixed = [*common, "--num-samples", "4", "--search-seed", "7"]
+        fixed = [
+            *common,
+            "--num-samples",
+            "4",
+            "--search-seed",
+            "7",
+            f"budget.tokens={a.threads_tokens}",
+        ]
         one = run_search(storage, "t1", [*fixed, "--cpus-per-trial", "1"])
         two = run_search(storage, "t2", [*fixed, "--cpus-per-trial", "2"])
         print(
