@@ -137,6 +137,7 @@ def _check_storage(storage: str) -> str:
         probe = f"{storage.rstrip('/')}/.progtune-probe-{uuid.uuid4().hex[:8]}"
         try:
             fs, path = pafs.FileSystem.from_uri(probe)
+            fs.create_dir(path.rpartition("/")[0], recursive=True)  # a new folder is fine
             with fs.open_output_stream(path) as f:
                 f.write(b"ok")
             fs.delete_file(path)
@@ -247,6 +248,10 @@ def build_settings(args: argparse.Namespace):
         points = [check_overrides(space.name, p, pinned) for p in space.points(base)]
         for p in points:
             build_config(space.name, base, p)
+    else:  # one draw now: a broken define() is bad input, found before anything is written
+        from progtune.spaces import sample_configs
+
+        sample_configs(space, base, pinned, 1, args.search_seed)
     num_samples = (
         args.num_samples or (saved or {}).get("num_samples") or (len(points) if points else 8)
     )

@@ -234,6 +234,7 @@ class SearchState:
 
     def load(self) -> None:
         """Rebuild from the experiment's Parquet files (resume); missing files mean a new search."""
+        from progtune.budget import planned_flops  # torch: only the search driver gets here
         from progtune.errors import ResultsError
 
         try:
@@ -246,34 +247,38 @@ class SearchState:
             by_trial.setdefault(row["trial_id"], []).append(row)
         knob_cols = [c for c in trials.columns if "." in c and not c.endswith("_str")] + ["seed"]
         for row in trials.to_dict("records"):
-            if row["status"] == "running":
-                continue  # Tune restarts unfinished trials; their rows come again
+            # Unfinished trials keep their rows too: Tune continues them from their last
+            # checkpoint and re-reports only what comes after it (add_row drops the rest).
             flat = {k: _plain(row[k]) for k in knob_cols if _plain(row[k]) is not None}
             rec = TrialRecord(
                 row["trial_id"],
                 row["role"],
                 flat,
-                float(row["total_flops"] or 0.0),
+                planned_flops(from_flat(flat), self.vocab_size),
                 status=row["status"],
                 error=_plain(row["error"]),
                 started_at=row["started_at"],
             )
-            rec.final = {
-                k: _plain(row[k])
-                for k in (
-                    "final_eval_loss",
-                    "total_flops",
-                    "total_tokens",
-                    "total_wall_s",
-                    "eval_wall_s",
-                    "checkpoint_wall_s",
-                    "steps",
-                    "device",
-                    "threads",
-                    "data_fingerprint",
-                    "trial_wall_s",
-                )
-            }
+            rec.final = (
+                None
+                if row["status"] == "running"
+                else {
+                    k: _plain(row[k])
+                    for k in (
+                        "final_eval_loss",
+                        "total_flops",
+                        "total_tokens",
+                        "total_wall_s",
+                        "eval_wall_s",
+                        "checkpoint_wall_s",
+                        "steps",
+                        "device",
+                        "threads",
+                        "data_fingerprint",
+                        "trial_wall_s",
+                    )
+                }
+            )
             for c in by_trial.get(rec.trial_id, []):
                 step = int(c["step"])
                 rec.curve[step] = {
