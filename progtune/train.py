@@ -269,7 +269,10 @@ def save_checkpoint(
         torch.save(payload, f)
         f.flush()
         os.fsync(f.fileno())
-    (tmp / "meta.json").write_text(json.dumps({"step": st.step, "stage": st.stage}))
+    # Readable without torch: the step, and the curve up to here (a driver that lost rows can
+    # take them back from the checkpoint a retried trial resumes from).
+    meta = {"step": st.step, "stage": st.stage, "curve": st.curve}
+    (tmp / "meta.json").write_text(json.dumps(meta))
     old = directory.with_name(f".{directory.name}-old")
     if directory.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -278,9 +281,9 @@ def save_checkpoint(
     shutil.rmtree(old, ignore_errors=True)
 
 
-def checkpoint_step(directory: str | Path) -> int:
-    """The optimizer step a checkpoint folder was written at (cheap: no tensors loaded)."""
-    return int(json.loads((Path(directory) / "meta.json").read_text())["step"])
+def checkpoint_meta(directory: str | Path) -> dict[str, Any]:
+    """A checkpoint's step and curve up to it (cheap: no tensors loaded)."""
+    return json.loads((Path(directory) / "meta.json").read_text())
 
 
 def load_checkpoint(directory: Path) -> dict[str, Any]:

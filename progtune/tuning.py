@@ -115,7 +115,7 @@ def _board_target(setup: dict) -> float | None:
 
 def run_trial(config: dict, data: Any = None, setup: dict | None = None) -> None:
     """The Tune trainable: one progressive training, reported row by row."""
-    from progtune.train import checkpoint_step, train
+    from progtune.train import checkpoint_meta, train
 
     assert setup is not None
     logging.getLogger("ray").setLevel(logging.WARNING)  # no line per checkpoint in the console
@@ -123,14 +123,18 @@ def run_trial(config: dict, data: Any = None, setup: dict | None = None) -> None
     cfg = _trial_config(config, setup)
     work = tempfile.mkdtemp(prefix="progtune-trial-")
     ckpt_dir = os.path.join(work, "checkpoint")
-    resume_from, resumed_from = None, 0
+    resume_from, resumed_from, restored = None, 0, []
     previous = tune.get_checkpoint()
     if previous is not None:
         resume_from = previous.to_directory(os.path.join(work, "restored"))
-        resumed_from = checkpoint_step(resume_from)
+        meta = checkpoint_meta(resume_from)
+        resumed_from, restored = int(meta["step"]), meta["curve"]
 
     def report(row: dict, checkpoint: Any) -> bool:
         metrics = {**row, "objective": math.nan, "final": False, "resumed_from": resumed_from}
+        if restored:  # the rows up to the checkpoint, in case the driver never wrote them
+            metrics["restored_rows"] = restored.copy()
+            restored.clear()
         if checkpoint is not None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
         else:
@@ -229,8 +233,11 @@ class ResultsCallback(tune.Callback):
         if result.get("final"):
             self.state.finish(trial.trial_id, result["status"], result)
         else:
+            resumed_from = int(result.get("resumed_from") or 0)
+            for earlier in result.get("restored_rows") or []:
+                self.state.add_row(trial.trial_id, earlier, resumed_from)
             row = {k: result.get(k) for k in _CURVE_KEYS}
-            self.state.add_row(trial.trial_id, row, int(result.get("resumed_from") or 0))
+            self.state.add_row(trial.trial_id, row, resumed_from)
         self.state.write()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
