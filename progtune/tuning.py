@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from progtune.budget import planned_flops
 from progtune.config import (
@@ -295,7 +296,11 @@ def _poll_reference(exp_uri: str) -> None:
         if time.monotonic() - _LAST_POLL.get(exp_uri, 0.0) > 5.0:  # live rows, now and then
             _LAST_POLL[exp_uri] = time.monotonic()
             board = _SETUPS[exp_uri]["board"]
-            for row in ray.get(board.take_rows.remote(), timeout=30):
+            try:
+                rows = ray.get(board.take_rows.remote(), timeout=30)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                rows = []  # live rows are a convenience: the task returns the whole curve
+            for row in rows:
                 state.add_row("reference", row)
         return
     del _REFERENCE[exp_uri]
@@ -475,7 +480,14 @@ def _fit(settings: SearchSettings, data: Any) -> tuple[int, SearchState]:
     if gpus is None:
         gpus = 1.0 if cluster_can_have_gpus() else 0.0
     threads = max(1, int(settings.cpus_per_trial))
-    board = TargetBoard.remote()  # handles travel to the trials and the reference task
+    # On the driver's node (it lives as long as the driver), restarted if its process dies;
+    # its handle travels to the trials and the reference task.
+    board = TargetBoard.options(
+        max_restarts=-1,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=False
+        ),
+    ).remote()
     setup = {
         "base": flatten(settings.base),
         "pinned": settings.pinned,

@@ -4,7 +4,8 @@
    gaps or duplicates and equals an uninterrupted `progtune train` of the same config bitwise;
 2. the driver SIGKILLed mid-search: `--resume` finishes the experiment, every trial once, the
    finished reference run reused; SIGINT: exit 130 and the printed resume command finishes it;
-3. a worker node of a two-node Ray (127.0.0.1 only) lost mid-search: its trial is rescheduled;
+3. a worker node of a `ray start` cluster (127.0.0.1 only) lost mid-search: its trial continues
+   from its checkpoint on the replacement node; losing the TargetBoard actor (xfail: a bug);
 4. a trial diverging (absurd learning rate) ends `diverged`, Optuna gets a finite value;
 5. readers never see a partial Parquet file; a killed write leaves the previous version intact;
 6. storage that cannot be written fails at start: exit 2, one line naming --storage, no Ray.
@@ -617,12 +618,6 @@ def test_lost_worker_node_trial_is_rescheduled_and_finishes(cluster, tmp_path, d
         assert list(curves[curves["trial_id"] == t]["step"]) == steps, t
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: tuning._poll_reference calls ray.get(board.take_rows.remote()) without handling "
-    "a lost TargetBoard actor (placed on any node, no restarts): while the reference run is "
-    "still going, losing the board's node crashes the driver with ActorUnavailableError",
-)
 def test_search_survives_losing_the_target_board(tmp_path, drivers):
     """Seen with a two-node cluster when the board actor sat on the lost node; reproduced
     deterministically here by killing the board's process while the reference run trains."""
