@@ -126,6 +126,7 @@ def export_model(cfg: Config, data: Any, checkpoint: Path, dest: Path) -> None:
     """The final checkpoint as an untied transformers model + tokenizer (save_pretrained)."""
     from transformers import PreTrainedTokenizerFast
 
+    from progtune.data import load_tokenizer
     from progtune.model import ProgressiveLM
     from progtune.train import load_checkpoint
 
@@ -137,7 +138,7 @@ def export_model(cfg: Config, data: Any, checkpoint: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     model.export_hf().save_pretrained(dest)
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=__import__("tokenizers").Tokenizer.from_str(data.tokenizer_json),
+        tokenizer_object=load_tokenizer(data),
         eos_token="<|endoftext|>",
         pad_token="<pad>",
         mask_token="<mask>",
