@@ -1,7 +1,7 @@
 """Search overhead: how much of each trial slot is training, trial start-up, idle slots.
 
     python bench/search_overhead.py [--preset cpu-small] [--num-samples 8] [--space apollo]
-                                    [--skip-threads] [KEY=VALUE ...]
+                                    [--skip-threads] [--storage DIR] [KEY=VALUE ...]
 
 Runs real `progtune search` processes (local Ray on 127.0.0.1) and reads their Parquet:
 1. the default search: share of trial-slot wall time inside training (goal >= 0.90), in
@@ -64,11 +64,18 @@ def main() -> None:
         default=200_000,
         help="budget.tokens of part 2's runs (default 200000)",
     )
+    parser.add_argument(
+        "--storage",
+        default="",
+        help="keep the searches in this folder (default: a temporary one, removed at the end); "
+        "bench/apollo_vs_scratch.py --searched reads the default search's best configuration",
+    )
     parser.add_argument("overrides", nargs="*")
     a = parser.parse_args()
     slots = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
-        storage = Path(tmp)
+        storage = Path(a.storage or tmp)
+        storage.mkdir(parents=True, exist_ok=True)
         common = ["--preset", a.preset, "--space", a.space, *a.overrides]
         wall = run_search(storage, "default", [*common, "--num-samples", str(a.num_samples)])
         print(

@@ -9,7 +9,12 @@
 2. Per depth: step time (forward + backward + AdamW) of the engine's model at executed depth d,
    divided by the full-depth step time, against the FLOPs share of that depth. Prints
    `depth d: time share / FLOPs share = Y` (goal <= 1.15).
-3. The share of a run's wall time spent in evaluation and checkpoints at the preset's settings.
+3. Per stage of a real progressive run (the preset's stages, no depth sampling, so stage s runs
+   at depth k_s): the engine's own training clock per FLOP in each stage over the same in the
+   full-depth stage - everything inside a step counts here (data loading, depth draw, growth,
+   head and embeddings). Prints `stage s (depth k): time per FLOP / full depth = Z` (goal <= 1.15).
+4. With --with-run: the share of one whole preset run's wall time spent in evaluation and
+   checkpoints at the preset's settings (the search's trials run exactly this).
 """
 
 from __future__ import annotations
@@ -99,6 +104,37 @@ def depth_times(cfg, data, steps: int) -> dict[int, float]:
     return out
 
 
+def stage_costs(cfg, data, steps: int) -> list[tuple[int, int, float]]:
+    """(stage, depth, seconds per FLOP / full-depth stage's) from a progressive engine run."""
+    from progtune.config import with_overrides
+    from progtune.train import train
+
+    run = with_overrides(
+        cfg,
+        {
+            "sampling.strategy": "none",
+            "budget.tokens": steps * cfg.budget.batch_size * cfg.model.seq_len,
+            "eval.points": 1,
+            "eval.max_tokens": cfg.model.seq_len,
+        },
+    )
+    curve = train(run, data=data).curve
+    # A stage's rows end at its boundary evaluation; the training clock excludes evaluations.
+    ends = [r for r in curve if r["step"] > 0]
+    out, prev = [], curve[0]
+    for row in ends:
+        if row["step"] == prev["step"]:
+            continue
+        out.append((row["stage"], row["unique_layers"],
+                    (row["wall_s"] - prev["wall_s"]) / (row["flops"] - prev["flops"])))  # fmt: skip
+        prev = row
+    per_stage: dict[int, list] = {}
+    for stage, depth, cost in out:
+        per_stage.setdefault(stage, [depth, []])[1].append(cost)
+    full = np.mean(per_stage[max(per_stage)][1])
+    return [(s, d, float(np.mean(c)) / full) for s, (d, c) in sorted(per_stage.items())]
+
+
 def main() -> None:
     from progtune.config import parse_assignments, resolve
     from progtune.data import prepare_data
@@ -142,6 +178,9 @@ def main() -> None:
             f"depth {d}: {t * 1000:.1f} ms/step, time share {t / full_time:.3f}, FLOPs share "
             f"{flops_share:.3f}, time share / FLOPs share = {t / full_time / flops_share:.3f}"
         )
+
+    for stage, depth, ratio in stage_costs(cfg, data, max(args.steps * 3, 30)):
+        print(f"stage {stage} (depth {depth}): time per FLOP / full depth = {ratio:.3f}")
 
     if args.with_run:
         import tempfile
