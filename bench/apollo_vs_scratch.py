@@ -3,7 +3,7 @@
     python bench/apollo_vs_scratch.py [--preset cpu-small] [--out DIR] [--workers 2]
         [--seeds 1,2,3] [--lrs 2e-3,4e-3,8e-3] [--warmups 0.025,0.1]
         [--searched EXPERIMENT] [--budgets 0.5,2,4] [--scratch-budgets 0.75]
-        [--sweep-arms searched,interp-none] [--sweep-seeds N]
+        [--arms A,B] [--sweep-arms searched,interp-none] [--sweep-seeds N]
         [--final-eval-tokens 131072] [--report-only] [KEY=VALUE ...]
 
 1. Scratch LR sweep on the first seed: every --lrs x --warmups at full depth. The best by final
@@ -196,6 +196,8 @@ def final_eval(cfg, data, checkpoint: Path, max_tokens: int) -> dict:
     return {
         "loss": mean,
         "se": se,
+        "batch_losses": losses,  # same batches in every run: paired differences (study_stats)
+        "batch_weights": weights,
         "tokens": int(w.sum()),
         "batches": len(v),
         "wall_s": time.perf_counter() - t0,
@@ -294,9 +296,10 @@ class Study:
         sweep_arms = [a for a in self.args.sweep_arms if a in table]
         seeds, sweep_seeds = self.args.seeds, self.args.seeds[: self.args.sweep_seeds]
         jobs = [self.job("scratch", table["scratch"], s, 1.0, "arms") for s in seeds]
-        order = ["searched", "apollo-ref", "apollo", "interp-none", "stacking-none"]
-        order += [a for a in table if a not in order and a != "scratch"]
-        jobs += [self.job(a, table[a], s, 1.0, "arms") for s in seeds for a in order if a in table]
+        chosen = [
+            a for a in ARM_ORDER if a in table and (not self.args.arms or a in self.args.arms)
+        ]
+        jobs += [self.job(a, table[a], s, 1.0, "arms") for s in seeds for a in chosen]
         for mult in sorted({*self.args.budgets, *self.args.scratch_budgets}):
             jobs += [self.job("scratch", table["scratch"], s, mult, "budgets") for s in sweep_seeds]
             if mult in self.args.budgets:
@@ -427,8 +430,16 @@ def analyse(runs: list[dict], meta: dict) -> tuple[dict, str]:
         if any((a, m, s) in by for s in seeds)
     }
     ses = [r["final"]["se"] for r in runs if (r.get("final") or {}).get("se") is not None]
+    paired = [
+        st.paired_se(by[(a, m, sd)]["final"], by[("scratch", m, sd)]["final"])
+        for (a, m, sd) in by
+        if a != "scratch" and ("scratch", m, sd) in by
+    ]
+    paired = [x for x in paired if x is not None]
     noise = {
         "final_eval_se_mean": sum(ses) / len(ses) if ses else None,
+        "paired_difference_se_mean": sum(paired) / len(paired) if paired else None,
+        "paired_comparisons": len(paired),
         "scratch_seed_sd": {
             f"{m:g}x": st.mean_interval(
                 [final_loss(by[("scratch", m, s)]) for s in seeds if ("scratch", m, s) in by]
@@ -453,8 +464,13 @@ def analyse(runs: list[dict], meta: dict) -> tuple[dict, str]:
         "eval_s": sum(r["eval_wall_s"] + (r.get("final") or {}).get("wall_s", 0.0) for r in runs),
         "run_s": sum(r["run_wall_s"] for r in runs),
     }
+    per_seed = {
+        a: {str(sd): final_loss(by[(a, 1.0, sd)]) for sd in seeds if (a, 1.0, sd) in by}
+        for a in ["scratch", *arm_names]
+    }
     summary = {
         "meta": meta,
+        "per_seed": per_seed,
         "lr_sweep": grid,
         "main": main,
         "sweep": sweep,
@@ -524,6 +540,16 @@ def render(s: dict) -> str:
             ],
         ),
         "",
+        "**Final loss by seed** at the preset's budget (large held-out set)",
+        "",
+        st.md_table(
+            ["arm", *[f"seed {sd}" for sd in m["seeds"]]],
+            [
+                [a, *[st.fmt(losses.get(str(sd)), ".4f") for sd in m["seeds"]]]
+                for a, losses in s["per_seed"].items()
+            ],
+        ),
+        "",
         "**Budget sweep** (each budget its own schedule; target = scratch's final loss at that "
         "budget and seed)",
         "",
@@ -550,8 +576,11 @@ def render(s: dict) -> str:
         ),
         "",
         f"Noise: standard error of one final evaluation "
-        f"{st.fmt(s['noise']['final_eval_se_mean'], '.4f')}; scratch seed-to-seed sd of the final "
-        "loss by budget: "
+        f"{st.fmt(s['noise']['final_eval_se_mean'], '.4f')} (over evaluation batches, which differ "
+        "in content); of a paired difference between two runs on the same batches "
+        f"{st.fmt(s['noise']['paired_difference_se_mean'], '.4f')} "
+        f"({s['noise']['paired_comparisons']} pairs with per-batch losses); scratch seed-to-seed "
+        "sd of the final loss by budget: "
         + ", ".join(f"{k} {st.fmt(v, '.4f')}" for k, v in s["noise"]["scratch_seed_sd"].items()),
     ]
     return "\n".join(out) + "\n"
@@ -586,6 +615,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=floats,
         default=[0.75],
         help="extra budgets for scratch only (points for the equal-final-loss interpolation)",
+    )
+    p.add_argument(
+        "--arms",
+        type=lambda t: [x for x in t.split(",") if x],
+        default=[],
+        help="arms at the preset's budget besides scratch (default all)",
     )
     p.add_argument(
         "--sweep-arms",

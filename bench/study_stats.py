@@ -65,6 +65,21 @@ def equal_loss_flops(
     return pts[0][0], "interpolated"  # loss equals a point that brackets nothing: take the first
 
 
+def paired_se(a: dict | None, b: dict | None) -> float | None:
+    """Standard error of (loss a - loss b) from per-batch losses of two final evaluations on the
+    same batches; None when either lacks them. Content differences between batches cancel."""
+    if not a or not b or "batch_losses" not in a or "batch_losses" not in b:
+        return None
+    da, db, w = a["batch_losses"], b["batch_losses"], a["batch_weights"]
+    if len(da) != len(db) or len(da) < 2:
+        return None
+    diffs = [x - y for x, y in zip(da, db, strict=True)]
+    total = sum(w)
+    mean = sum(d * wi for d, wi in zip(diffs, w, strict=True)) / total
+    var = sum(wi * (d - mean) ** 2 for d, wi in zip(diffs, w, strict=True)) / total
+    return math.sqrt(var / (len(diffs) - 1))
+
+
 def saving(method: float | None, scratch: float | None) -> float | None:
     if method is None or scratch is None or scratch == 0:
         return None

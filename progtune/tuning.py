@@ -619,7 +619,9 @@ def _new_tuner(settings, trainable, local_exp, exp_uri):
             num_samples=num_samples,
             max_concurrent_trials=settings.max_concurrent or None if settings.points else None,
             time_budget_s=settings.time_budget_s,
-            reuse_actors=False,
+            # A slot's next trial runs in the same worker process: torch, transformers and
+            # progtune are imported once per slot, not once per trial (bench/search_overhead.py).
+            reuse_actors=True,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),

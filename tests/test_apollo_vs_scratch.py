@@ -55,6 +55,16 @@ def test_equal_loss_flops_interpolates_log_flops_and_bounds_outside():
     assert stats.saving(0.6, 1.0) == pytest.approx(0.4) and stats.saving(1.0, None) is None
 
 
+def test_paired_se_cancels_what_both_runs_share():
+    content = [3.0, 5.5, 4.2, 6.1]  # batches differ a lot in difficulty
+    a = {"batch_losses": [c + 0.1 for c in content], "batch_weights": [10] * 4}
+    b = {"batch_losses": content, "batch_weights": [10] * 4}
+    assert stats.paired_se(a, b) == pytest.approx(0.0, abs=1e-12)  # a constant shift: no noise
+    a["batch_losses"] = [3.2, 5.5, 4.4, 6.1]  # differences 0.2, 0, 0.2, 0: sd 0.11547, n 4
+    assert stats.paired_se(a, b) == pytest.approx(0.11547 / 2, rel=1e-4)
+    assert stats.paired_se({"loss": 1.0}, b) is None
+
+
 @pytest.mark.parametrize(
     ("n_layers", "stages", "bounds"),
     [
@@ -113,6 +123,11 @@ def test_searched_config_takes_the_best_trial_and_refuses_another_model(tmp_path
         study.searched_config(str(tmp_path), other)
 
 
+def summary_noise_ok(out: Path) -> bool:
+    noise = json.loads((out / "summary.json").read_text())["noise"]
+    return noise["paired_comparisons"] > 0 and noise["paired_difference_se_mean"] > 0
+
+
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(BENCH / "apollo_vs_scratch.py"), *args],
@@ -136,6 +151,7 @@ def test_tiny_study_end_to_end_resumes_and_refuses_other_settings(tmp_path, tiny
     assert len(runs) == 2 + 1 + 6 * 2 + 2 * 2
     assert all(r["status"] == "completed" and r["final"]["loss"] > 0 for r in runs)
     assert all(r["final"]["tokens"] > 0 and r["final"]["se"] > 0 for r in runs)
+    assert summary_noise_ok(out)
     summary = json.loads((out / "summary.json").read_text())
     main = summary["main"]
     assert set(main) == {"scratch", "apollo-ref", "apollo", "interp-none", "stacking-none",
