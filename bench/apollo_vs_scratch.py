@@ -24,7 +24,8 @@ Every run is `progtune.train.train` in a worker process (1 thread each) with eva
 fixed held-out set during the run, then one large final evaluation (--final-eval-tokens) of the
 final weights. Runs land in OUT/runs/*.json as they finish; a rerun with the same settings skips
 them (stop and resume at will). The report (OUT/study.md, OUT/summary.json; statistics in
-bench/study_stats.py) is rebuilt from whatever runs exist.
+bench/study_stats.py) and OUT/curves-*.png (loss vs FLOPs per budget) are rebuilt from
+whatever runs exist.
 """
 
 from __future__ import annotations
@@ -433,7 +434,7 @@ def analyse(runs: list[dict], meta: dict) -> tuple[dict, str]:
     paired = [
         st.paired_se(by[(a, m, sd)]["final"], by[("scratch", m, sd)]["final"])
         for (a, m, sd) in by
-        if a != "scratch" and ("scratch", m, sd) in by
+        if not a.startswith("scratch") and ("scratch", m, sd) in by
     ]
     paired = [x for x in paired if x is not None]
     noise = {
@@ -479,6 +480,34 @@ def analyse(runs: list[dict], meta: dict) -> tuple[dict, str]:
         "runs": len(runs),
     }
     return summary, render(summary)
+
+
+def plot_curves(runs: list[dict], path: Path, mult: float = 1.0) -> None:
+    """Held-out loss vs FLOPs at one budget: mean over seeds per arm (same eval grid per arm)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    arms_here = [r["arm"] for r in runs if r["budget_mult"] == mult and r["phase"] != "lr-sweep"]
+    for arm in ["scratch", *[a for a in ARM_ORDER if a in arms_here]]:
+        curves = [r["curve"] for r in runs if r["arm"] == arm and r["budget_mult"] == mult]
+        n = min(len(c) for c in curves)
+        xs = [sum(c[i]["flops"] for c in curves) / len(curves) for i in range(n)]
+        ys = [sum(c[i]["eval_loss"] for c in curves) / len(curves) for i in range(n)]
+        style = {"color": "black", "linewidth": 2.5} if arm == "scratch" else {"linewidth": 1.2}
+        ax.plot(xs[1:], ys[1:], marker=".", label=f"{arm} ({len(curves)} seeds)", **style)
+    ax.set_xlabel("training FLOPs")
+    ax.set_ylabel("held-out loss (full depth, mean over seeds)")
+    ax.set_title(f"budget {mult:g}x: held-out loss vs compute")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def render(s: dict) -> str:
@@ -558,6 +587,8 @@ def render(s: dict) -> str:
                 "arm @ budget",
                 "reached",
                 "FLOPs-to-target saving",
+                "wall-to-target saving",
+                "wall/FLOPs",
                 "final loss",
                 "Δ loss vs scratch",
                 "equal-final-loss saving",
@@ -567,6 +598,8 @@ def render(s: dict) -> str:
                     k,
                     f"{c['reached']}/{c['n']}",
                     st.fmt_interval(c["crossing_flops_saving"]),
+                    st.fmt_interval(c["crossing_wall_saving"]),
+                    st.fmt(c["wall_over_flops_saving"], ".2f"),
                     st.fmt_interval(c["final_loss"], pct=False),
                     st.fmt_interval(c["delta_loss_vs_scratch"], pct=False),
                     st.fmt_interval(c["equal_loss_flops_saving"]) + _kinds(c),
@@ -588,8 +621,10 @@ def render(s: dict) -> str:
 
 def _kinds(c: dict) -> str:
     k = c["equal_loss_kinds"]
-    extra = [f"{n} beyond the largest scratch budget (bound)" for n in [k.get("beyond")] if n]
-    extra += [f"{n} short of the smallest (bound)" for n in [k.get("short")] if n]
+    extra = [
+        f"{n} beyond the largest scratch budget: a lower bound" for n in [k.get("beyond")] if n
+    ]
+    extra += [f"{n} above the smallest one's loss: an upper bound" for n in [k.get("short")] if n]
     return f"; {', '.join(extra)}" if extra else ""
 
 
@@ -693,6 +728,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary, text = analyse(load_runs(study.runs_dir), meta)
     write_json(study.out / "summary.json", summary)
+    runs = load_runs(study.runs_dir)
+    for mult in sorted({r["budget_mult"] for r in runs if r["phase"] != "lr-sweep"}):
+        plot_curves(runs, study.out / f"curves-{mult:g}x.png", mult)
     (study.out / ".study.md.tmp").write_text(text)
     os.replace(study.out / ".study.md.tmp", study.out / "study.md")
     print(text)
