@@ -541,33 +541,7 @@ def render(s: dict) -> str:
         "curve first reaches scratch's final loss of the same seed; equal final loss = FLOPs "
         "scratch needs for the arm's final loss, interpolated between scratch budgets)",
         "",
-        st.md_table(
-            [
-                "arm",
-                "reached",
-                "FLOPs-to-target saving",
-                "wall-to-target saving",
-                "wall/FLOPs",
-                "run FLOPs / scratch",
-                "final loss",
-                "Δ loss vs scratch",
-                "equal-final-loss saving",
-            ],
-            [
-                [
-                    a,
-                    f"{c['reached']}/{c['n']}",
-                    st.fmt_interval(c["crossing_flops_saving"]),
-                    st.fmt_interval(c["crossing_wall_saving"]),
-                    st.fmt(c["wall_over_flops_saving"], ".2f"),
-                    st.fmt(c["total_flops_ratio"]["mean"], ".3f"),
-                    st.fmt_interval(c["final_loss"], pct=False),
-                    st.fmt_interval(c["delta_loss_vs_scratch"], pct=False),
-                    st.fmt_interval(c["equal_loss_flops_saving"]) + _kinds(c),
-                ]
-                for a, c in s["main"].items()
-            ],
-        ),
+        st.md_table(_COMPARISON_HEADERS, [_comparison_row(a, c) for a, c in s["main"].items()]),
         "",
         "**Final loss by seed** at the preset's budget (large held-out set)",
         "",
@@ -583,29 +557,8 @@ def render(s: dict) -> str:
         "budget and seed)",
         "",
         st.md_table(
-            [
-                "arm @ budget",
-                "reached",
-                "FLOPs-to-target saving",
-                "wall-to-target saving",
-                "wall/FLOPs",
-                "final loss",
-                "Δ loss vs scratch",
-                "equal-final-loss saving",
-            ],
-            [
-                [
-                    k,
-                    f"{c['reached']}/{c['n']}",
-                    st.fmt_interval(c["crossing_flops_saving"]),
-                    st.fmt_interval(c["crossing_wall_saving"]),
-                    st.fmt(c["wall_over_flops_saving"], ".2f"),
-                    st.fmt_interval(c["final_loss"], pct=False),
-                    st.fmt_interval(c["delta_loss_vs_scratch"], pct=False),
-                    st.fmt_interval(c["equal_loss_flops_saving"]) + _kinds(c),
-                ]
-                for k, c in s["sweep"].items()
-            ],
+            ["arm @ budget", *_COMPARISON_HEADERS[1:]],
+            [_comparison_row(k, c) for k, c in s["sweep"].items()],
         ),
         "",
         f"Noise: standard error of one final evaluation "
@@ -617,6 +570,33 @@ def render(s: dict) -> str:
         + ", ".join(f"{k} {st.fmt(v, '.4f')}" for k, v in s["noise"]["scratch_seed_sd"].items()),
     ]
     return "\n".join(out) + "\n"
+
+
+_COMPARISON_HEADERS = [
+    "arm",
+    "reached",
+    "FLOPs-to-target saving",
+    "wall-to-target saving",
+    "wall/FLOPs",
+    "run FLOPs / scratch",
+    "final loss",
+    "Δ loss vs scratch",
+    "equal-final-loss saving",
+]
+
+
+def _comparison_row(label: str, c: dict) -> list[str]:
+    return [
+        label,
+        f"{c['reached']}/{c['n']}",
+        st.fmt_interval(c["crossing_flops_saving"]),
+        st.fmt_interval(c["crossing_wall_saving"]),
+        st.fmt(c["wall_over_flops_saving"], ".2f"),
+        st.fmt(c["total_flops_ratio"]["mean"], ".3f"),
+        st.fmt_interval(c["final_loss"], pct=False),
+        st.fmt_interval(c["delta_loss_vs_scratch"], pct=False),
+        st.fmt_interval(c["equal_loss_flops_saving"]) + _kinds(c),
+    ]
 
 
 def _kinds(c: dict) -> str:

@@ -147,8 +147,8 @@ def test_tiny_study_end_to_end_resumes_and_refuses_other_settings(tmp_path, tiny
     first = _run(args, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     runs = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
-    # 2 LRs on seed 1, scratch on seed 2, 6 arms x 2 seeds, scratch + interp-none at 0.5x x 2
-    assert len(runs) == 2 + 1 + 6 * 2 + 2 * 2
+    # 2 LRs on seed 1, scratch on both seeds, 7 arms x 2 seeds, scratch + interp-none at 0.5x x 2
+    assert len(runs) == 2 + 2 + 7 * 2 + 2 * 2
     assert all(r["status"] == "completed" and r["final"]["loss"] > 0 for r in runs)
     assert all(r["final"]["tokens"] > 0 and r["final"]["se"] > 0 for r in runs)
     assert summary_noise_ok(out)
@@ -170,7 +170,7 @@ def test_tiny_study_end_to_end_resumes_and_refuses_other_settings(tmp_path, tiny
 
     again = _run(args, tmp_path)  # everything done: nothing is trained again
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "runs to do" not in again.stdout and len(list((out / "runs").glob("*.json"))) == 19
+    assert "runs to do" not in again.stdout and len(list((out / "runs").glob("*.json"))) == 22
 
     other = _run([*args[:-1], "--warmups", "0.025", args[-1]], tmp_path)
     assert other.returncode == 2
