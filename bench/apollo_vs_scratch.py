@@ -163,11 +163,16 @@ def final_eval(cfg, data, checkpoint: Path, max_tokens: int) -> dict:
     """Full-depth loss of the final weights on `max_tokens` held-out tokens, with the standard
     error of the mean over evaluation batches (the same windows and masks for every run)."""
     import numpy as np
-    import torch
 
     from progtune.config import with_overrides
     from progtune.model import ProgressiveLM
-    from progtune.train import _inputs, _val_windows, load_checkpoint, pick_device, use_bf16
+    from progtune.train import (
+        _val_windows,
+        evaluate_batches,
+        load_checkpoint,
+        pick_device,
+        use_bf16,
+    )
 
     big = with_overrides(cfg, {"eval.max_tokens": max_tokens})
     payload = load_checkpoint(checkpoint)
@@ -176,20 +181,10 @@ def final_eval(cfg, data, checkpoint: Path, max_tokens: int) -> dict:
         cfg.model, data.vocab_size, payload["k"], cfg.growth.operator, data.eos_id, data.pad_id
     ).to(device)
     model.load_state_dict(payload["model"])
-    model.eval()
-    model.set_depth(cfg.model.n_layers)
-    windows = _val_windows(big, data.val)
-    rng = np.random.default_rng(0xE7A1)
-    bf16 = use_bf16(cfg, device)
-    losses, weights = [], []
     t0 = time.perf_counter()
-    with torch.no_grad():
-        for i in range(0, len(windows), cfg.eval.batch_size):
-            x, y = _inputs(cfg, windows[i : i + cfg.eval.batch_size], rng, data)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = model(x.to(device), y.to(device))
-            losses.append(float(loss.value))
-            weights.append(int(loss.n_scored))
+    losses, weights = evaluate_batches(
+        model, big, _val_windows(big, data.val), data, device, use_bf16(cfg, device)
+    )
     w = np.asarray(weights, dtype=np.float64)
     v = np.asarray(losses)
     mean = float((v * w).sum() / w.sum())
@@ -244,11 +239,16 @@ def run_one(job: dict) -> dict:
     return record
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Atomic: a reader sees the old file or the new one, never part of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=1, default=float))
 
 
 # ---------------------------------------------------------------------------- scheduling
@@ -363,7 +363,8 @@ def best_scratch(runs: list[dict]) -> dict | None:
 # ---------------------------------------------------------------------------- the report
 def analyse(runs: list[dict], meta: dict) -> tuple[dict, str]:
     """Summary dict and markdown from the run records."""
-    from progtune.results import flops_to_target  # the product's crossing rule, any column
+    # The product's crossing rule (any column) and saving convention.
+    from progtune.results import flops_to_target, saving
 
     by = {(r["arm"], r["budget_mult"], r["seed"]): r for r in runs}
     seeds = sorted({r["seed"] for r in runs if r["arm"] == "scratch"})
@@ -395,13 +396,13 @@ def analyse(runs: list[dict], meta: dict) -> tuple[dict, str]:
                 w_m = flops_to_target(rec["curve"], target, "wall_s")
                 if f_m is not None:
                     reached += 1
-                    cross_f.append(st.saving(f_m, f_ref))
-                    cross_w.append(st.saving(w_m, w_ref))
+                    cross_f.append(saving(f_m, f_ref))
+                    cross_w.append(saving(w_m, w_ref))
             if final_loss(rec) is not None and final_loss(ref) is not None:
                 d_loss.append(final_loss(rec) - final_loss(ref))
                 f_eq, kind = st.equal_loss_flops(scratch_points(seed), final_loss(rec))
                 if arm != "scratch" and f_eq is not None:
-                    eq.append(st.saving(rec["total_flops"], f_eq))
+                    eq.append(saving(rec["total_flops"], f_eq))
                     kinds.append(kind)
         cf, cw = st.mean_interval(cross_f), st.mean_interval(cross_w)
         ratio = cw["mean"] / cf["mean"] if cf["mean"] and cw["mean"] is not None else None
@@ -521,7 +522,7 @@ def render(s: dict) -> str:
         "**Scratch LR sweep** (first seed; final loss on the large held-out set ± its standard "
         "error)",
         "",
-        st.md_table(
+        _table(
             ["peak LR", "warmup", "final loss", "status"],
             [
                 [
@@ -541,11 +542,11 @@ def render(s: dict) -> str:
         "curve first reaches scratch's final loss of the same seed; equal final loss = FLOPs "
         "scratch needs for the arm's final loss, interpolated between scratch budgets)",
         "",
-        st.md_table(_COMPARISON_HEADERS, [_comparison_row(a, c) for a, c in s["main"].items()]),
+        _table(_COMPARISON_HEADERS, [_comparison_row(a, c) for a, c in s["main"].items()]),
         "",
         "**Final loss by seed** at the preset's budget (large held-out set)",
         "",
-        st.md_table(
+        _table(
             ["arm", *[f"seed {sd}" for sd in m["seeds"]]],
             [
                 [a, *[st.fmt(losses.get(str(sd)), ".4f") for sd in m["seeds"]]]
@@ -556,7 +557,7 @@ def render(s: dict) -> str:
         "**Budget sweep** (each budget its own schedule; target = scratch's final loss at that "
         "budget and seed)",
         "",
-        st.md_table(
+        _table(
             ["arm @ budget", *_COMPARISON_HEADERS[1:]],
             [_comparison_row(k, c) for k, c in s["sweep"].items()],
         ),
@@ -570,6 +571,12 @@ def render(s: dict) -> str:
         + ", ".join(f"{k} {st.fmt(v, '.4f')}" for k, v in s["noise"]["scratch_seed_sd"].items()),
     ]
     return "\n".join(out) + "\n"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    from progtune.analysis.render import markdown
+
+    return markdown([("table", headers, rows, [False] * len(headers))]).rstrip("\n")
 
 
 _COMPARISON_HEADERS = [
@@ -706,13 +713,12 @@ def main(argv: list[str] | None = None) -> int:
     except ProgtuneError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    summary, text = analyse(load_runs(study.runs_dir), meta)
-    write_json(study.out / "summary.json", summary)
     runs = load_runs(study.runs_dir)
+    summary, text = analyse(runs, meta)
+    write_json(study.out / "summary.json", summary)
     for mult in sorted({r["budget_mult"] for r in runs if r["phase"] != "lr-sweep"}):
         plot_curves(runs, study.out / f"curves-{mult:g}x.png", mult)
-    (study.out / ".study.md.tmp").write_text(text)
-    os.replace(study.out / ".study.md.tmp", study.out / "study.md")
+    write_text(study.out / "study.md", text)
     print(text)
     print(
         f"wrote {study.out / 'study.md'} and summary.json in {time.perf_counter() - started:.0f}s"

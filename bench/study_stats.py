@@ -80,12 +80,6 @@ def paired_se(a: dict | None, b: dict | None) -> float | None:
     return math.sqrt(var / (len(diffs) - 1))
 
 
-def saving(method: float | None, scratch: float | None) -> float | None:
-    if method is None or scratch is None or scratch == 0:
-        return None
-    return 1.0 - method / scratch
-
-
 def fmt(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -101,9 +95,3 @@ def fmt_interval(stats: dict, pct: bool = True) -> str:
     if stats["lo"] is not None:
         text += f" [{stats['lo'] * k:{spec}}, {stats['hi'] * k:{spec}}]"
     return f"{text} (n={stats['n']})"
-
-
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)

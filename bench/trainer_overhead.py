@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -119,20 +120,13 @@ def stage_costs(cfg, data, steps: int) -> list[tuple[int, int, float]]:
         },
     )
     curve = train(run, data=data).curve
-    # A stage's rows end at its boundary evaluation; the training clock excludes evaluations.
-    ends = [r for r in curve if r["step"] > 0]
-    out, prev = [], curve[0]
-    for row in ends:
-        if row["step"] == prev["step"]:
-            continue
-        out.append((row["stage"], row["unique_layers"],
-                    (row["wall_s"] - prev["wall_s"]) / (row["flops"] - prev["flops"])))  # fmt: skip
-        prev = row
-    per_stage: dict[int, list] = {}
-    for stage, depth, cost in out:
-        per_stage.setdefault(stage, [depth, []])[1].append(cost)
-    full = np.mean(per_stage[max(per_stage)][1])
-    return [(s, d, float(np.mean(c)) / full) for s, (d, c) in sorted(per_stage.items())]
+    # With one evaluation point the rows are step 0, each growth boundary and the end: one
+    # segment per stage, labelled by its closing row; the training clock excludes evaluations.
+    costs = [
+        (b["stage"], b["unique_layers"], (b["wall_s"] - a["wall_s"]) / (b["flops"] - a["flops"]))
+        for a, b in pairwise(curve)
+    ]
+    return [(s, d, c / costs[-1][2]) for s, d, c in costs]
 
 
 def main() -> None:

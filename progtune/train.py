@@ -215,22 +215,36 @@ def grow_with_optimizer(
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_batches(
     model: ProgressiveLM, cfg: Config, val_windows: torch.Tensor, data, device, bf16: bool
-) -> float:
-    """Full-depth held-out loss, weighted by scored positions; fixed windows and fixed masks."""
+) -> tuple[list[float], list[int]]:
+    """Full-depth held-out loss of each evaluation batch and its scored positions; fixed windows
+    and fixed masks, so every run sees the same batches (paired comparisons)."""
     was_training = model.training
     model.eval()
     model.set_depth(cfg.model.n_layers)
     rng = np.random.default_rng(0xE7A1)  # same masks for every run, so losses compare
-    total, count = 0.0, 0
+    losses, counts = [], []
     for i in range(0, len(val_windows), cfg.eval.batch_size):
         x, y = _inputs(cfg, val_windows[i : i + cfg.eval.batch_size], rng, data)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = model(x.to(device), y.to(device))
-        total += float(loss.value) * loss.n_scored
-        count += loss.n_scored
+        losses.append(float(loss.value))
+        counts.append(loss.n_scored)
     model.train(was_training)
+    return losses, counts
+
+
+def evaluate(
+    model: ProgressiveLM, cfg: Config, val_windows: torch.Tensor, data, device, bf16: bool
+) -> float:
+    """Full-depth held-out loss, weighted by scored positions; fixed windows and fixed masks."""
+    total, count = 0.0, 0
+    for value, n in zip(
+        *evaluate_batches(model, cfg, val_windows, data, device, bf16), strict=True
+    ):
+        total += value * n
+        count += n
     return total / count
 
 
