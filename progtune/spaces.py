@@ -31,6 +31,8 @@ class Space:
     define: Callable[..., Any]
     points: Callable[..., list[dict[str, Any]]] | None  # fixed points instead of a search
     doc: str
+    # starts(base, pinned) -> Optuna parameter dicts tried first (enqueued), then the sampler
+    starts: Callable[..., list[dict[str, Any]]] | None = None
 
 
 def _load_module(spec: str) -> tuple[ModuleType, str, str]:
@@ -72,6 +74,7 @@ def load_space(spec: str) -> Space:
     if not callable(define):
         raise SpaceError(f"search space {spec} has no define(trial) function; add one")
     points = getattr(module, "points", None)
+    starts = getattr(module, "starts", None)
     return Space(
         name=Path(spec).stem if source.endswith(".py") else spec,
         source=source,
@@ -79,6 +82,7 @@ def load_space(spec: str) -> Space:
         define=define,
         points=points if callable(points) else None,
         doc=(inspect.getdoc(module) or "").strip(),
+        starts=starts if callable(starts) else None,
     )
 
 
@@ -167,10 +171,38 @@ def unique_layer_schedules(n_layers: int) -> dict[str, tuple[int, ...]]:
     return {"-".join(map(str, s)): s for s in unique}
 
 
+def start_points(space: Space, base: Config, pinned: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The space's starting points as Optuna parameters, pinned knobs left out (never asked)."""
+    if space.starts is None:
+        return []
+    try:
+        points = space.starts(base, dict(pinned))
+    except ProgtuneError:
+        raise
+    except Exception as exc:  # user code
+        raise SpaceError(
+            f"search space {space.name}: starts() raised {type(exc).__name__}: {exc}; fix the space"
+        ) from None
+    if not isinstance(points, list) or not all(isinstance(p, Mapping) for p in points):
+        raise SpaceError(
+            f"search space {space.name}: starts() must return a list of parameter dicts"
+        )
+    return [{k: v for k, v in p.items() if k not in pinned} for p in points]
+
+
+def enqueue_starts(study: Any, space: Space, base: Config, pinned: Mapping[str, Any]) -> int:
+    """Queue the starting points in an Optuna study (once: a resumed study skips known ones)."""
+    points = start_points(space, base, pinned)
+    for point in points:
+        study.enqueue_trial(point, skip_if_exists=True)
+    return len(points)
+
+
 def sample_configs(
     space: Space, base: Config, pinned: Mapping[str, Any], n: int, seed: int
 ) -> list:
-    """n configs drawn without Ray (for --dry-run and tests): fixed points, or Optuna's sampler."""
+    """n configs drawn without Ray (for --dry-run and tests): fixed points, or the space's
+    starting points and then Optuna's sampler."""
     import optuna
 
     if space.points is not None:
@@ -178,6 +210,7 @@ def sample_configs(
         return [build_config(space.name, base, points[i % len(points)]) for i in range(n)]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    enqueue_starts(study, space, base, pinned)
     configs = []
     for _ in range(n):
         trial = study.ask()

@@ -34,7 +34,7 @@ from progtune.config import (
     with_overrides,
 )
 from progtune.search_state import SearchSettings, SearchState, reference_config
-from progtune.spaces import call_define
+from progtune.spaces import call_define, enqueue_starts
 
 _CURVE_KEYS = (
     "step", "tokens", "flops", "wall_s", "stage", "unique_layers", "mean_depth", "lr",
@@ -401,7 +401,7 @@ def _make_searcher(settings: SearchSettings, journal_path: str | None) -> Progtu
         n_startup_trials=startup,
         constant_liar=True,  # concurrent trials do not all propose the same point
     )
-    return ProgtuneOptunaSearch(
+    searcher = ProgtuneOptunaSearch(
         space=_Define(settings.exp_uri),
         metric="objective",
         mode="min",
@@ -410,6 +410,10 @@ def _make_searcher(settings: SearchSettings, journal_path: str | None) -> Progtu
         study_name=settings.name,
         exp_uri=settings.exp_uri,
     )
+    # The space's starting points come first (Ray's points_to_evaluate would queue them again
+    # on a journal that already has them; skip_if_exists does not).
+    enqueue_starts(searcher._ot_study, settings.space, settings.base, settings.pinned)
+    return searcher
 
 
 def progress_table(state: SearchState, total: int, t0: float) -> str:

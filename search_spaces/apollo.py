@@ -6,6 +6,11 @@ depth sampler and its constants, the growth operator and what happens to the Ada
 and the learning rate (peak around the preset's, warmup, schedule family, re-warmup after growth).
 Conditional knobs (sampler constants, boundaries per stage) are only proposed where they apply.
 
+Starting points (tried first, then TPE): growth without depth sampling and the Apollo recipe
+(LVPS), both doubling the unique blocks at the short-run reference boundaries with the preset's
+learning rate - the classic points of the `methods` space, so the search starts from what works
+(docs/benchmarks.md) instead of needing a lucky random draw.
+
 Budget: TPE needs roughly 10 random start-up trials before it models the space; 8-16 trials give
 a first ranking on a laptop, 50-100 a reliable one on a GPU cluster.
 """
@@ -15,7 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 from progtune.config import Config
+from progtune.search_spaces.methods import method
 from progtune.spaces import unique_layer_schedules
+
+STARTS = ("interpolation", "apollo")  # methods.METHODS names, in the order they are tried
 
 
 def define(trial: Any, base: Config) -> dict[str, Any]:
@@ -65,4 +73,39 @@ def define(trial: Any, base: Config) -> dict[str, Any]:
     out["lr.rewarmup_fraction"] = trial.suggest_categorical(
         "lr.rewarmup_fraction", [0.0, 0.02, 0.05]
     )
+    return out
+
+
+def starts(base: Config, pinned: dict[str, Any]) -> list[dict[str, Any]]:
+    """Optuna parameters of this space for the STARTS methods at the preset's LR and warmup."""
+    if base.model.n_layers == 1 or {"stages.boundaries", "stages.unique_layers"} & set(pinned):
+        return []  # no growth to start from, or the user chose the schedule
+    out = []
+    for name in STARTS:
+        m = method(name, base)
+        unique_layers, boundaries = m["stages.unique_layers"], m["stages.boundaries"]
+        key = "-".join(map(str, unique_layers))
+        if key not in unique_layer_schedules(base.model.n_layers):
+            return []
+        params: dict[str, Any] = {"stages.unique_layers": key}
+        for i, b in enumerate(boundaries):  # back to define()'s first boundary and shares
+            if i == 0:
+                params["space.first_boundary"] = b
+            else:
+                params[f"space.boundary_share_{i}"] = (b - boundaries[i - 1]) / (
+                    1 - boundaries[i - 1]
+                )
+        params |= {
+            "sampling.strategy": m["sampling.strategy"],
+            "growth.operator": m["growth.operator"],
+            "growth.optimizer_state": "keep",
+            "lr.peak": base.lr.peak,
+            "lr.warmup_fraction": base.lr.warmup_fraction,
+            "lr.schedule": "cosine",
+            "lr.rewarmup_fraction": 0.0,
+        }
+        if m["sampling.strategy"] == "lvps":
+            params["sampling.lvps_low"] = base.sampling.lvps_low
+            params["sampling.lvps_high"] = base.sampling.lvps_high
+        out.append(params)
     return out
