@@ -1,8 +1,8 @@
 """Apollo vs scratch at laptop scale: a tuned scratch reference, paired seeds, a budget sweep.
 
     python bench/apollo_vs_scratch.py [--preset cpu-small] [--out DIR] [--workers 2]
-        [--seeds 1,2,3] [--lrs 2e-3,4e-3,8e-3] [--warmups 0.025,0.1]
-        [--searched EXPERIMENT] [--budgets 0.5,2,4] [--scratch-budgets 0.75]
+        [--seeds 1,2,3] [--lrs 0.5x,1x,2x the preset's lr.peak] [--warmups 0.025,0.1]
+        [--searched EXPERIMENT] [--budgets 0.25,0.5,2] [--scratch-budgets 0.75]
         [--arms A,B] [--sweep-arms searched,interp-none] [--sweep-seeds N]
         [--final-eval-tokens 131072] [--report-only] [KEY=VALUE ...]
 
@@ -628,10 +628,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/apollo-vs-scratch")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seeds", type=ints, default=[1, 2, 3])
-    p.add_argument("--lrs", type=floats, default=[2e-3, 4e-3, 8e-3])
+    p.add_argument(
+        "--lrs", type=floats, default=None, help="default: 0.5x, 1x, 2x the preset's lr.peak"
+    )
     p.add_argument("--warmups", type=floats, default=[0.025, 0.1])
     p.add_argument("--searched", default="", metavar="EXPERIMENT")
-    p.add_argument("--budgets", type=floats, default=[0.5, 2, 4])
+    # x the preset's budget; with cpu-small's 1.6 M tokens: 0.4 M, 0.8 M, 3.2 M tokens
+    p.add_argument("--budgets", type=floats, default=[0.25, 0.5, 2])
     p.add_argument(
         "--scratch-budgets",
         type=floats,
@@ -666,10 +669,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     try:
-        if not args.seeds or not args.lrs or not args.warmups or args.workers < 1:
-            raise ProgtuneError("--seeds, --lrs and --warmups need values and --workers >= 1")
         user = parse_assignments(args.overrides)
         base = resolve(args.preset, overrides={**STUDY_OVERRIDES, **user})
+        if args.lrs is None:  # a 3-point grid around the preset's LR
+            args.lrs = [float(f"{base.lr.peak * m:.6g}") for m in (0.5, 1, 2)]
+        if not args.seeds or not args.lrs or not args.warmups or args.workers < 1:
+            raise ProgtuneError("--seeds, --lrs and --warmups need values and --workers >= 1")
         base_flat = flatten(base)
         user = {k: base_flat[k] for k in user}  # typed
         user = {k: list(v) if isinstance(v, tuple) else v for k, v in user.items()}

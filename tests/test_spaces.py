@@ -16,8 +16,10 @@ from progtune.spaces import (
     SHIPPED,
     SpaceError,
     call_define,
+    enqueue_starts,
     load_space,
     sample_configs,
+    start_points,
     unique_layer_schedules,
 )
 
@@ -76,6 +78,53 @@ def test_unique_layer_schedules():
     assert unique_layer_schedules(4) == {"1-2-4": (1, 2, 4), "2-4": (2, 4), "1-4": (1, 4)}
 
 
+_DEFINE = "def define(trial):\n    return {'lr.peak': trial.suggest_float('lr.peak', 1e-3, 3e-3)}\n"
+
+
+@pytest.mark.parametrize("preset", ["tiny", "cpu-small", "gpt2-base", "llama-base"])
+def test_apollo_space_starts_from_the_methods_growth_points(preset):
+    """The first trials are growth without sampling and the Apollo recipe, exactly as the methods
+    space builds them, at the preset's LR; the sampler takes over after them."""
+    base = resolve(preset)
+    methods = sample_configs(load_space("methods"), base, {}, 4, 0)
+    configs = sample_configs(load_space("apollo"), base, {}, 4, seed=5)
+    for got, want in zip(configs[:2], methods[2:], strict=True):  # interpolation, apollo
+        assert got.stages == want.stages
+        assert got.sampling == want.sampling
+        assert got.growth == want.growth
+        assert (got.lr.peak, got.lr.warmup_fraction) == (base.lr.peak, base.lr.warmup_fraction)
+        assert (got.lr.schedule, got.lr.rewarmup_fraction) == ("cosine", 0.0)
+    assert configs[2].lr.peak != base.lr.peak  # then drawn
+
+
+def test_starts_leave_pinned_knobs_to_the_pin_and_skip_a_pinned_schedule():
+    base = resolve("cpu-small", overrides={"lr.peak": 1e-3})
+    configs = sample_configs(load_space("apollo"), base, {"lr.peak": 1e-3}, 2, 0)
+    assert [c.sampling.strategy for c in configs] == ["none", "lvps"]
+    assert all(c.lr.peak == 1e-3 for c in configs)
+    pinned = {"stages.unique_layers": (2, 4), "stages.boundaries": (0.3,)}
+    base = resolve("cpu-small", overrides=pinned)
+    assert start_points(load_space("apollo"), base, pinned) == []
+
+
+def test_starts_are_queued_once_in_a_resumed_study(tmp_path):
+    base, space = resolve("cpu-small"), load_space("apollo")
+
+    def journal_study():
+        storage = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.journal"))
+        )
+        return optuna.create_study(study_name="s", storage=storage, load_if_exists=True)
+
+    assert enqueue_starts(journal_study(), space, base, {}) == 2
+    study = journal_study()
+    trial = study.ask()  # the first start runs
+    study.tell(trial, 1.0)
+    enqueue_starts(journal_study(), space, base, {})  # the search is resumed
+    states = [t.state.name for t in journal_study().trials]
+    assert states == ["COMPLETE", "WAITING"], states
+
+
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
@@ -85,6 +134,8 @@ def test_unique_layer_schedules():
         ("def define(trial):\n    raise ValueError('boom')\n", "raised ValueError: boom"),
         ("def define(trial:\n", "syntax error"),
         ("import no_such_module_xyz\n", "failed to import"),
+        (_DEFINE + "def starts(base, pinned):\n    return {}\n", "must return a list"),
+        (_DEFINE + "def starts(base, pinned):\n    raise KeyError('x')\n", "starts() raised"),
     ],
 )
 def test_bad_space_files(tmp_path, body, fragment):
