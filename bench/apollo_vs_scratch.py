@@ -45,6 +45,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_stats as st
 
+from progtune.atomic import write_text_atomic
+
 # What every run of the study shares on top of the preset: a fixed held-out set of 96 windows
 # evaluated 12 times (crossings), one thread per worker, a checkpoint only at the end.
 STUDY_OVERRIDES = {
@@ -239,16 +241,8 @@ def run_one(job: dict) -> dict:
     return record
 
 
-def write_text(path: Path, text: str) -> None:
-    """Atomic: a reader sees the old file or the new one, never part of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=1, default=float))
+    write_text_atomic(path, json.dumps(obj, indent=1, default=float))
 
 
 # ---------------------------------------------------------------------------- scheduling
@@ -723,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(study.out / "summary.json", summary)
     for mult in sorted({r["budget_mult"] for r in runs if r["phase"] != "lr-sweep"}):
         plot_curves(runs, study.out / f"curves-{mult:g}x.png", mult)
-    write_text(study.out / "study.md", text)
+    write_text_atomic(study.out / "study.md", text)
     print(text)
     print(
         f"wrote {study.out / 'study.md'} and summary.json in {time.perf_counter() - started:.0f}s"

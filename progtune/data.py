@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import sysconfig
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from progtune.atomic import write_atomic
 from progtune.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -480,19 +480,13 @@ def _save_cache(path: Path, data: TokenData) -> None:
     """Write atomically: concurrent builders each replace a complete file; readers never see
     a partial one."""
     meta = {"format": FORMAT_VERSION, **{k: getattr(data, k) for k in _META_KEYS}}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                train=data.train,
-                val=data.val,
-                meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-                tokenizer=np.frombuffer(data.tokenizer_json.encode(), dtype=np.uint8),
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(
+        path,
+        lambda f: np.savez(
+            f,
+            train=data.train,
+            val=data.val,
+            meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+            tokenizer=np.frombuffer(data.tokenizer_json.encode(), dtype=np.uint8),
+        ),
+    )

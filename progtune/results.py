@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -14,6 +13,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from progtune.atomic import write_atomic
 from progtune.config import KNOB_TYPES, list_text
 from progtune.errors import ResultsError
 
@@ -178,25 +178,7 @@ def write_table(table: pa.Table, dest: str | os.PathLike, kind: str) -> None:
 
 
 def _write_local(table: pa.Table, path: Path) -> None:
-    """Dot-prefixed temp file in the same folder, fsync, os.replace, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        # os.open (not mkstemp) so the file gets the usual umask-based mode, not 0600.
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
-            pq.write_table(table, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if os.name == "posix":  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    write_atomic(path, lambda f: pq.write_table(table, f))
 
 
 def _part_files(fs: pafs.FileSystem, path: str, shown: str) -> list[str]:
