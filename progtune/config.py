@@ -173,7 +173,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stages.unique_layers": (1, 2, 4),
         "stages.boundaries": (0.2, 0.5),
         # 1.6 M tokens: growth first reaches scratch's loss on every seed at this budget, none
-        # does at 0.4 M (docs/benchmarks.md, budget sweep); a default search takes ~20 min.
+        # does at 0.4 M (docs/benchmarks.md, budget sweep); a default search takes ~15 min.
         "budget.tokens": 1_600_000,
         "budget.batch_size": 16,
         "eval.points": 8,
