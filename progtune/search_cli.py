@@ -248,10 +248,12 @@ def build_settings(args: argparse.Namespace):
         points = [check_overrides(space.name, p, pinned) for p in space.points(base)]
         for p in points:
             build_config(space.name, base, p)
-    else:  # one draw now: a broken define() is bad input, found before anything is written
-        from progtune.spaces import sample_configs
+    else:  # draws now (every starting point, or one): a broken space is bad input, found
+        # before anything is written
+        from progtune.spaces import sample_configs, start_points
 
-        sample_configs(space, base, pinned, 1, args.search_seed)
+        n_starts = len(start_points(space, base, pinned))
+        sample_configs(space, base, pinned, max(1, n_starts), args.search_seed)
     num_samples = (
         args.num_samples or (saved or {}).get("num_samples") or (len(points) if points else 8)
     )

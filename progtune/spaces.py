@@ -117,15 +117,21 @@ def call_define(space: Space, trial: Any, base: Config, pinned: Mapping[str, Any
     """Run the space's define on a (pinned-wrapped) trial; returns dotted overrides, pinned last."""
     wrapped = PinnedTrial(trial, pinned)
     n_params = len(inspect.signature(space.define).parameters)
+    args = (wrapped, base) if n_params >= 2 else (wrapped,)
+    return check_overrides(space.name, _user_call(space, "define", *args), pinned)
+
+
+def _user_call(space: Space, function: str, *args: Any) -> Any:
+    """The space's `function`(*args); a failure of user code becomes a one-line SpaceError."""
     try:
-        out = space.define(wrapped, base) if n_params >= 2 else space.define(wrapped)
+        return getattr(space, function)(*args)
     except ProgtuneError:
         raise
     except Exception as exc:  # user code
         raise SpaceError(
-            f"search space {space.name}: define() raised {type(exc).__name__}: {exc}; fix the space"
+            f"search space {space.name}: {function}() raised {type(exc).__name__}: {exc}; "
+            "fix the space"
         ) from None
-    return check_overrides(space.name, out, pinned)
 
 
 def check_overrides(space_name: str, out: Any, pinned: Mapping[str, Any]) -> dict:
@@ -175,14 +181,7 @@ def start_points(space: Space, base: Config, pinned: Mapping[str, Any]) -> list[
     """The space's starting points as Optuna parameters, pinned knobs left out (never asked)."""
     if space.starts is None:
         return []
-    try:
-        points = space.starts(base, dict(pinned))
-    except ProgtuneError:
-        raise
-    except Exception as exc:  # user code
-        raise SpaceError(
-            f"search space {space.name}: starts() raised {type(exc).__name__}: {exc}; fix the space"
-        ) from None
+    points = _user_call(space, "starts", base, dict(pinned))
     if not isinstance(points, list) or not all(isinstance(p, Mapping) for p in points):
         raise SpaceError(
             f"search space {space.name}: starts() must return a list of parameter dicts"

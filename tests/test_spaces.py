@@ -193,6 +193,25 @@ def test_search_bad_input_exits_2_with_one_line(tmp_path, args, fragment):
     assert not (tmp_path / "res").exists() or not any((tmp_path / "res").iterdir())
 
 
+_BAD_SECOND_START = """def define(trial):
+    return {"sampling.strategy": trial.suggest_categorical("sampling.strategy", ["none", "lvps"])}
+
+
+def starts(base, pinned):
+    return [{"sampling.strategy": "none"}, {"sampling.strategy": "bogus"}]
+"""
+
+
+def test_every_starting_point_is_checked_before_anything_is_written(tmp_path):
+    (tmp_path / "space.py").write_text(_BAD_SECOND_START)
+    out = _cli("search", "--space", str(tmp_path / "space.py"), "--preset", "tiny",
+               "--storage", str(tmp_path / "res"), cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "'bogus' not in" in lines[0], out.stderr
+    assert not (tmp_path / "res").exists()
+
+
 def test_dry_run_prints_configs_and_totals(tmp_path, monkeypatch):
     monkeypatch.setenv("PROGTUNE_CACHE", str(tmp_path / "cache"))
     out = _cli("search", "--dry-run", "--preset", "tiny", "--num-samples", "3", cwd=tmp_path)
