@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("knobs", help="list every knob with its default and type")
     k.add_argument("--preset", default=None, metavar="NAME", help="show this preset's values")
 
-    from progtune.search_cli import add_search_parser
+    from progtune.search_args import add_search_parser
 
     add_search_parser(sub)
     from progtune.confirm_cli import add_confirm_parsers

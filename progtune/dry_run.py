@@ -1,0 +1,79 @@
+"""`progtune search --dry-run`: the configurations a search would run, their FLOPs and time."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+from progtune.config import Config
+
+if TYPE_CHECKING:
+    from progtune.search_state import SearchSettings
+
+
+def measured_flops_rate(cfg: Config, threads: int) -> float:
+    """FLOP/s of this machine on the preset's model: 3 timed full-depth steps (after 1 warm-up)."""
+    import torch
+
+    from progtune.model import ProgressiveLM, train_flops
+    from progtune.train import make_optimizer, pick_device, use_bf16
+
+    torch.set_num_threads(threads)
+    device = pick_device(cfg)
+    vocab = cfg.data.vocab_size
+    model = ProgressiveLM(cfg.model, vocab, cfg.model.n_layers, "interpolation").to(device)
+    opt = make_optimizer(model, cfg, device)
+    bf16 = use_bf16(cfg, device)
+    x = torch.randint(0, vocab, (cfg.budget.batch_size, cfg.model.seq_len), device=device)
+    times = []
+    for _ in range(4):
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model(x, x)
+        loss.value.backward()
+        opt.step()
+        opt.zero_grad()
+        loss.value.item()
+        times.append(time.perf_counter() - t0)
+    flops = train_flops(cfg.model, vocab, cfg.model.n_layers, x.numel(), loss.n_scored)
+    return flops / min(times[1:])
+
+
+def dry_run(settings: SearchSettings) -> int:
+    """Print the reference and `num_samples` draws of the space with FLOPs and estimated time."""
+    from progtune.budget import planned_flops
+    from progtune.search_state import reference_config
+    from progtune.spaces import sample_configs
+    from progtune.train_cli import describe
+
+    base = settings.base
+    configs = sample_configs(
+        settings.space, base, settings.pinned, settings.num_samples, settings.search_seed
+    )
+    threads = max(1, int(settings.cpus_per_trial))
+    rate = measured_flops_rate(base, threads)
+    vocab = base.data.vocab_size
+    print(
+        f"dry run of space {settings.space.name} ({settings.num_samples} trials + reference); "
+        f"times from a measured {rate / 1e9:.2f} GFLOP/s on {threads} thread(s)"
+    )
+    if settings.points is None or not settings.points:
+        print(
+            "(Optuna's first trials are random; later TPE proposals depend on results, so "
+            "these are random draws of the space)"
+        )
+    total_flops = 0.0
+    rows = [("reference", reference_config(base))] + [
+        (f"trial {i}", c) for i, c in enumerate(configs)
+    ]
+    for label, cfg in rows:
+        f = planned_flops(cfg, vocab)
+        total_flops += f
+        print(f"{label:>10}: {f:.3e} FLOPs, ~{f / rate:.0f}s  {describe(cfg)}")
+    slots = max(1, settings.max_concurrent or (os.cpu_count() or 1) // threads)
+    print(
+        f"total: {total_flops:.3e} FLOPs, ~{total_flops / rate:.0f}s of trial time, "
+        f"~{total_flops / rate / slots:.0f}s wall on {slots} slot(s) (training only)"
+    )
+    return 0

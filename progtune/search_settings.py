@@ -1,0 +1,233 @@
+"""`progtune search`'s inputs checked and turned into SearchSettings, and the settings file that
+`--resume` reads back."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from progtune.config import Config, flatten, parse_assignments, resolve
+from progtune.errors import ProgtuneError
+from progtune.search_args import DEFAULT_SPACE, DEFAULT_STORAGE
+
+if TYPE_CHECKING:
+    from progtune.search_state import SearchSettings
+    from progtune.spaces import Space
+
+SETTINGS_FILE = "search.json"
+
+
+def build_settings(
+    args: argparse.Namespace,
+) -> tuple[SearchSettings, str | None, str | None]:
+    """Everything checked and decided; nothing written, no Ray started.
+
+    Returns the settings, the preset and the config file (both saved for `--resume`)."""
+    _check_flags(args)
+    pinned_raw = parse_assignments(args.overrides)
+    storage = args.storage or DEFAULT_STORAGE
+    saved = _saved_settings(args.name, storage) if args.resume else None
+    space = _load_space(args, saved)
+    if saved:
+        preset = args.preset or saved["preset"]
+        pinned_raw = {**saved["pinned"], **pinned_raw}
+        config_file = args.config or saved.get("config_file")
+    else:
+        preset, config_file = args.preset, args.config
+    base = resolve(preset, config_file, pinned_raw)
+    flat = flatten(base)
+    pinned = {k: flat[k] for k in pinned_raw}  # typed values of the pinned knobs
+    points = _check_space_draws(space, base, pinned, args.search_seed)
+    storage = _check_storage(storage) if not args.dry_run else storage
+    name = args.name or f"{space.name}-{preset or 'cpu-small'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    settings = _new_settings(args, space, base, pinned, points, saved or {}, storage, name)
+    if not args.resume and not args.dry_run and _read_text(_settings_path(settings.exp_uri)):
+        raise ProgtuneError(
+            f"experiment {name!r} already exists in {storage}; pass --resume to continue it or "
+            "choose another --name"
+        )
+    return settings, preset, config_file
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """The flags that are wrong on their own, before anything is read."""
+    if args.num_samples is not None and args.num_samples < 1:
+        raise ProgtuneError("--num-samples must be >= 1")
+    if args.max_concurrent < 0:
+        raise ProgtuneError("--max-concurrent must be >= 0 (0 = as many as fit)")
+    if args.cpus_per_trial <= 0:
+        raise ProgtuneError("--cpus-per-trial must be > 0")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise ProgtuneError("--gpus-per-trial must be >= 0")
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise ProgtuneError("--time-budget must be > 0 seconds")
+    if args.target_loss is not None and not (
+        math.isfinite(args.target_loss) and args.target_loss > 0
+    ):
+        raise ProgtuneError("--target-loss must be a positive number")
+    if args.resume and not args.name:
+        raise ProgtuneError("--resume needs --name of the experiment to continue")
+    if args.resume and args.dry_run:
+        raise ProgtuneError("--resume and --dry-run cannot be combined; drop one")
+
+
+def _load_space(args: argparse.Namespace, saved: dict[str, Any] | None) -> Space:
+    """`--space`, else the resumed experiment's, else the default; a resumed space unchanged."""
+    from progtune.spaces import load_space
+
+    space_spec = args.space or (saved["space_spec"] if saved else DEFAULT_SPACE)
+    space = load_space(space_spec)
+    if saved and saved["space_sha256"] != space.sha256:
+        raise ProgtuneError(
+            f"search space {space_spec} changed since experiment {args.name!r} began; "
+            "restore the original file or start a new --name"
+        )
+    return space
+
+
+def _check_space_draws(
+    space: Space, base: Config, pinned: dict[str, Any], search_seed: int
+) -> list[dict[str, Any]]:
+    """A fixed-point space's points, each built once; other spaces draw every starting point (or
+    one) now, so a broken space is bad input found before anything is written."""
+    if space.points is not None:
+        from progtune.spaces import build_config, check_overrides
+
+        points = [check_overrides(space.name, p, pinned) for p in space.points(base)]
+        for p in points:
+            build_config(space.name, base, p)
+        return points
+    from progtune.spaces import sample_configs, start_points
+
+    n_starts = len(start_points(space, base, pinned))
+    sample_configs(space, base, pinned, max(1, n_starts), search_seed)
+    return []
+
+
+def _new_settings(
+    args: argparse.Namespace,
+    space: Space,
+    base: Config,
+    pinned: dict[str, Any],
+    points: list[dict[str, Any]],
+    saved: dict[str, Any],
+    storage: str,
+    name: str,
+) -> SearchSettings:
+    """The flags and the resumed experiment's saved values (trial count, target) as settings."""
+    from progtune.search_state import SearchSettings
+
+    num_samples = args.num_samples or saved.get("num_samples") or (len(points) if points else 8)
+    return SearchSettings(
+        space=space,
+        base=base,
+        pinned=pinned,
+        name=name,
+        storage=storage,
+        num_samples=num_samples,
+        max_concurrent=args.max_concurrent,
+        address=args.address,
+        resume=args.resume,
+        target_loss=args.target_loss if args.target_loss is not None else saved.get("target_loss"),
+        stop_at_target=args.stop_at_target,
+        time_budget_s=args.time_budget,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        scheduler=args.scheduler,
+        search_seed=args.search_seed,
+        max_failures=args.max_failures,
+        points=points,
+    )
+
+
+# ---------------------------------------------------------------------------- storage
+def _check_storage(storage: str) -> str:
+    """Absolute folder or URI, proven writable now - before any trial runs."""
+    if "://" in storage:
+        import pyarrow.fs as pafs
+
+        probe = f"{storage.rstrip('/')}/.progtune-probe-{uuid.uuid4().hex[:8]}"
+        try:
+            fs, path = pafs.FileSystem.from_uri(probe)
+            fs.create_dir(path.rpartition("/")[0], recursive=True)  # a new folder is fine
+            with fs.open_output_stream(path) as f:
+                f.write(b"ok")
+            fs.delete_file(path)
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ProgtuneError(
+                f"--storage {storage} is not writable ({first}); check the bucket and credentials"
+            ) from None
+        return storage.rstrip("/")
+    path = Path(storage).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".progtune-probe-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ProgtuneError(
+            f"--storage {storage} is not writable ({exc.strerror}); choose a folder you can write"
+        ) from None
+    return str(path)
+
+
+def _saved_settings(name: str, storage: str) -> dict[str, Any]:
+    """The settings file of experiment `name` that `--resume` continues."""
+    storage_uri = storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    text = _read_text(_settings_path(f"{storage_uri.rstrip('/')}/{name}"))
+    if text is None:
+        raise ProgtuneError(
+            f"no experiment {name!r} in {storage}; check --name/--storage or start it "
+            "without --resume"
+        )
+    return json.loads(text)
+
+
+def save_settings(settings: SearchSettings, preset: str | None, config_file: str | None) -> None:
+    """Write what `--resume` needs to rebuild these settings, into the experiment folder."""
+    doc = {
+        "space_spec": settings.space.source.removeprefix("progtune.search_spaces."),
+        "space_sha256": settings.space.sha256,
+        "preset": preset,
+        "config_file": config_file,
+        "pinned": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.pinned.items()},
+        "num_samples": settings.num_samples,
+        "target_loss": settings.target_loss,
+    }
+    _write_text(_settings_path(settings.exp_uri), json.dumps(doc, indent=1))
+
+
+def _settings_path(exp_uri: str) -> str:
+    return f"{exp_uri}/{SETTINGS_FILE}"
+
+
+def _read_text(uri: str) -> str | None:
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else f"file://{uri}")
+        with fs.open_input_stream(path) as f:
+            return f.read().decode()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _write_text(uri: str, text: str) -> None:
+    if "://" not in uri:
+        tmp = Path(f"{uri}.tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, uri)
+        return
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    with fs.open_output_stream(path) as f:  # one PUT: atomic on object stores
+        f.write(text.encode())
