@@ -16,6 +16,26 @@ from progtune.results import saving, speedup, to_target
 from progtune.search_state import objective as search_objective
 
 TO_TARGET = ("flops_to_target", "tokens_to_target", "wall_s_to_target")
+# Column types of trial_metrics' frame (nullable: a run may lack any of them).
+_METRIC_DTYPES = {
+    "seed": "Int64",
+    "reached": "boolean",
+    **dict.fromkeys(
+        [
+            "target_loss",
+            *TO_TARGET,
+            "final_eval_loss",
+            "total_flops",
+            "total_wall_s",
+            "objective",
+            "reference_flops_to_target",
+            "saving",
+            "speedup",
+        ],
+        "Float64",
+    ),
+    **dict.fromkeys(["experiment", "trial_id", "role", "status"], "string"),
+}
 
 
 @dataclass(frozen=True)
@@ -109,55 +129,45 @@ def trial_metrics(trials: pd.DataFrame, curves: pd.DataFrame, target: Target) ->
     by_trial = _curve_groups(curves)
     refs = trials[trials["role"] == "reference"]
     ref_budget = refs.groupby("experiment")["total_flops"].max().to_dict()
-    rows = []
-    for r in trials.to_dict("records"):
-        key = (str(r["experiment"]), str(r["trial_id"]))
-        curve = by_trial.get(key)
-        reached = to_target(curve, target.loss) if curve is not None else dict.fromkeys(TO_TARGET)
-        final = _number(r["final_eval_loss"])
-        rows.append(
-            {
-                "experiment": key[0],
-                "trial_id": key[1],
-                "role": r["role"],
-                "status": r["status"],
-                "seed": r["seed"],
-                "target_loss": target.loss,
-                "reached": reached["flops_to_target"] is not None,
-                **reached,
-                "final_eval_loss": final if final is not None else _last_loss(curve),
-                "total_flops": _number(r["total_flops"]),
-                "total_wall_s": _number(r["total_wall_s"]),
-                "objective": _objective(r, curve, target, ref_budget.get(r["experiment"])),
-            }
-        )
-    out = pd.DataFrame(rows)
+    out = pd.DataFrame(
+        [
+            _metrics_row(r, by_trial, target, ref_budget.get(r["experiment"]))
+            for r in trials.to_dict("records")
+        ]
+    )
     ref = out[out["role"] == "reference"].groupby("experiment")["flops_to_target"].mean()
     c_ref = out["experiment"].map(ref)
     out["reference_flops_to_target"] = c_ref
     out["saving"] = [saving(c, r) for c, r in zip(out["flops_to_target"], c_ref, strict=True)]
     out["speedup"] = [speedup(c, r) for c, r in zip(out["flops_to_target"], c_ref, strict=True)]
-    return out.astype(
-        {
-            "seed": "Int64",
-            "reached": "boolean",
-            **dict.fromkeys(
-                [
-                    "target_loss",
-                    *TO_TARGET,
-                    "final_eval_loss",
-                    "total_flops",
-                    "total_wall_s",
-                    "objective",
-                    "reference_flops_to_target",
-                    "saving",
-                    "speedup",
-                ],
-                "Float64",
-            ),
-            **dict.fromkeys(["experiment", "trial_id", "role", "status"], "string"),
-        }
-    )
+    return out.astype(_METRIC_DTYPES)
+
+
+def _metrics_row(
+    r: Mapping,
+    by_trial: Mapping[tuple[str, str], pd.DataFrame],
+    target: Target,
+    reference_flops: object,
+) -> dict:
+    """One run's row of trial_metrics, before the columns that compare it with its reference."""
+    key = (str(r["experiment"]), str(r["trial_id"]))
+    curve = by_trial.get(key)
+    reached = to_target(curve, target.loss) if curve is not None else dict.fromkeys(TO_TARGET)
+    final = _number(r["final_eval_loss"])
+    return {
+        "experiment": key[0],
+        "trial_id": key[1],
+        "role": r["role"],
+        "status": r["status"],
+        "seed": r["seed"],
+        "target_loss": target.loss,
+        "reached": reached["flops_to_target"] is not None,
+        **reached,
+        "final_eval_loss": final if final is not None else _last_loss(curve),
+        "total_flops": _number(r["total_flops"]),
+        "total_wall_s": _number(r["total_wall_s"]),
+        "objective": _objective(r, curve, target, reference_flops),
+    }
 
 
 def _objective(

@@ -20,6 +20,14 @@ import numpy as np
 import pandas as pd
 
 MAX_GROUPS = 4
+_IMPORTANCE_DTYPES = {
+    "knob": "string",
+    "kind": "string",
+    "runs": "Int64",
+    "values": "Int64",
+    "eta_squared": "Float64",
+    "spearman_rho": "Float64",
+}
 
 METHOD = (
     "eta-squared: the share of the variance of log10(objective) between the knob's values "
@@ -62,28 +70,12 @@ def knob_importance(runs: pd.DataFrame, knobs: Sequence[str]) -> pd.DataFrame:
     objective = use["objective"].astype("float64")
     use = use[np.isfinite(objective) & (objective > 0)]
     y = np.log10(use["objective"].astype("float64").to_numpy())
-    rows = []
+    rows: list[dict] = []
     for knob in knobs:
         column = use[knob]
         if column.nunique(dropna=False) < 2:
             continue
-        numeric = _is_numeric(column) and column.notna().all()
-        if numeric:
-            x = column.astype("float64").to_numpy()
-            distinct = len(np.unique(x))
-            if distinct <= MAX_GROUPS:
-                groups = x
-            else:
-                bins = min(MAX_GROUPS, len(x) // 2)
-                groups = (
-                    pd.qcut(x, bins, labels=False, duplicates="drop").astype("float64")
-                    if bins >= 2
-                    else np.zeros(len(x))
-                )
-            rho = spearman(x, y)
-        else:
-            groups = column.astype("string").fillna("<null>").to_numpy(dtype=object)
-            distinct, rho = column.nunique(dropna=False), None
+        numeric, groups, distinct, rho = _knob_groups(column, y)
         partition = tuple(pd.factorize(pd.Series(groups), use_na_sentinel=False)[0])
         twin = next((r for r in rows if r["_partition"] == partition), None)
         if twin is not None and not numeric and twin["kind"] == "categorical":
@@ -100,20 +92,29 @@ def knob_importance(runs: pd.DataFrame, knobs: Sequence[str]) -> pd.DataFrame:
                 "spearman_rho": rho,
             }
         )
-    out = pd.DataFrame(
-        rows, columns=["knob", "kind", "runs", "values", "eta_squared", "spearman_rho"]
-    )  # (the "_partition" helper is left out)
-    out = out.astype(
-        {
-            "knob": "string",
-            "kind": "string",
-            "runs": "Int64",
-            "values": "Int64",
-            "eta_squared": "Float64",
-            "spearman_rho": "Float64",
-        }
-    )
+    # The listed columns leave the "_partition" helper out.
+    out = pd.DataFrame(rows, columns=list(_IMPORTANCE_DTYPES)).astype(_IMPORTANCE_DTYPES)
     order = out.assign(_rho=out["spearman_rho"].abs()).sort_values(
         ["eta_squared", "_rho", "knob"], ascending=[False, False, True], na_position="last"
     )
     return out.loc[order.index].reset_index(drop=True)
+
+
+def _knob_groups(column: pd.Series, y: np.ndarray) -> tuple[bool, np.ndarray, int, float | None]:
+    """(numeric, group of each run, distinct values, Spearman rho or None) of one knob's column:
+    numeric knobs with more than MAX_GROUPS values are cut into quantile bins."""
+    if not (_is_numeric(column) and column.notna().all()):
+        groups = column.astype("string").fillna("<null>").to_numpy(dtype=object)
+        return False, groups, column.nunique(dropna=False), None
+    x = column.astype("float64").to_numpy()
+    distinct = len(np.unique(x))
+    if distinct <= MAX_GROUPS:
+        groups = x
+    else:
+        bins = min(MAX_GROUPS, len(x) // 2)
+        groups = (
+            pd.qcut(x, bins, labels=False, duplicates="drop").astype("float64")
+            if bins >= 2
+            else np.zeros(len(x))
+        )
+    return True, groups, distinct, spearman(x, y)

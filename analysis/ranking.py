@@ -141,67 +141,72 @@ def rank_configs(
     """Configurations pooled over their seeds: mean and bootstrap interval of FLOPs to target and
     saving, ranked by the rule above. `metrics` needs the knob columns and `config_key`."""
     runs = metrics[metrics["role"] != "reference"]
-    rows = []
-    for key, group in runs.groupby("config_key", sort=True):
-        reached = group[group["reached"].fillna(False).astype(bool)]
-        flops = reached["flops_to_target"].astype("float64").to_numpy()
-        savings = reached["saving"].astype("float64").to_numpy()
-        share = len(reached) / len(group)
-        flops_ci = bootstrap_interval(flops, seed)
-        saving_ci = (
-            bootstrap_interval(savings, seed)
-            if len(savings) and not np.isnan(savings).any()
-            else None
-        )
-        rows.append(
-            {
-                "config_key": key,
-                "config": (
-                    group["config"].iloc[0]
-                    if "config" in group.columns
-                    else config_text(group.iloc[0], knobs)
-                ),
-                "runs": len(group),
-                "reached": len(reached),
-                "seeds": ",".join(_short(s) for s in sorted(group["seed"].dropna())),
-                "trial_ids": ",".join(group["trial_id"].astype(str)),
-                "flops_to_target_mean": flops.mean() if len(flops) else None,
-                "flops_to_target_lo": flops_ci[0] if flops_ci else None,
-                "flops_to_target_hi": flops_ci[1] if flops_ci else None,
-                "saving_mean": (
-                    savings.mean() if len(savings) and not np.isnan(savings).any() else None
-                ),
-                "saving_lo": saving_ci[0] if saving_ci else None,
-                "saving_hi": saving_ci[1] if saving_ci else None,
-                "wall_s_to_target_mean": (
-                    reached["wall_s_to_target"].astype("float64").mean() if len(reached) else None
-                ),
-                "final_eval_loss_mean": group["final_eval_loss"].astype("float64").mean(),
-                "_share": share,
-            }
-        )
-    out = pd.DataFrame(rows)
+    out = pd.DataFrame(
+        [
+            _config_row(key, group, knobs, seed)
+            for key, group in runs.groupby("config_key", sort=True)
+        ]
+    )
     if out.empty:
         return out
-
-    def primary(r: dict) -> tuple:
-        if r["_share"] == 1.0:
-            return (0, 0.0, _num(r["flops_to_target_mean"]))
-        if r["_share"] > 0:
-            return (1, -r["_share"], _num(r["flops_to_target_mean"]))
-        return (2, 0.0, _num(r["final_eval_loss_mean"]))
-
     records = out.to_dict("records")
     order = sorted(
         range(len(records)),
         key=lambda i: (
-            primary(records[i]),
+            _config_primary(records[i]),
             _num(records[i]["final_eval_loss_mean"]),
             records[i]["config_key"],
         ),
     )
     out = out.iloc[order].drop(columns="_share").reset_index(drop=True)
-    out.insert(0, "rank", pd.array(_min_rank([primary(records[i]) for i in order]), dtype="Int64"))
+    ranks = _min_rank([_config_primary(records[i]) for i in order])
+    out.insert(0, "rank", pd.array(ranks, dtype="Int64"))
+    return _config_dtypes(out)
+
+
+def _config_row(key: str, group: pd.DataFrame, knobs: Sequence[str], seed: int) -> dict:
+    """One configuration's runs pooled: counts, seeds, means and bootstrap intervals."""
+    reached = group[group["reached"].fillna(False).astype(bool)]
+    flops = reached["flops_to_target"].astype("float64").to_numpy()
+    savings = reached["saving"].astype("float64").to_numpy()
+    flops_ci = bootstrap_interval(flops, seed)
+    all_savings = bool(len(savings)) and not np.isnan(savings).any()
+    saving_ci = bootstrap_interval(savings, seed) if all_savings else None
+    return {
+        "config_key": key,
+        "config": (
+            group["config"].iloc[0]
+            if "config" in group.columns
+            else config_text(group.iloc[0], knobs)
+        ),
+        "runs": len(group),
+        "reached": len(reached),
+        "seeds": ",".join(_short(s) for s in sorted(group["seed"].dropna())),
+        "trial_ids": ",".join(group["trial_id"].astype(str)),
+        "flops_to_target_mean": flops.mean() if len(flops) else None,
+        "flops_to_target_lo": flops_ci[0] if flops_ci else None,
+        "flops_to_target_hi": flops_ci[1] if flops_ci else None,
+        "saving_mean": savings.mean() if all_savings else None,
+        "saving_lo": saving_ci[0] if saving_ci else None,
+        "saving_hi": saving_ci[1] if saving_ci else None,
+        "wall_s_to_target_mean": (
+            reached["wall_s_to_target"].astype("float64").mean() if len(reached) else None
+        ),
+        "final_eval_loss_mean": group["final_eval_loss"].astype("float64").mean(),
+        "_share": len(reached) / len(group),
+    }
+
+
+def _config_primary(r: dict) -> tuple:
+    """Rank key: every seed reached, then some (larger share first), then none."""
+    if r["_share"] == 1.0:
+        return (0, 0.0, _num(r["flops_to_target_mean"]))
+    if r["_share"] > 0:
+        return (1, -r["_share"], _num(r["flops_to_target_mean"]))
+    return (2, 0.0, _num(r["final_eval_loss_mean"]))
+
+
+def _config_dtypes(out: pd.DataFrame) -> pd.DataFrame:
     for column in out.columns:
         if column.endswith(("_mean", "_lo", "_hi")):
             out[column] = out[column].astype("Float64")

@@ -13,7 +13,6 @@ import re
 import secrets
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +23,7 @@ from progtune.errors import ResultsError
 
 from .compute_to_target import Target, choose_target, trial_metrics
 from .importance import knob_importance
-from .load import Results, load_experiments
+from .load import load_experiments
 from .ranking import (
     config_keys,
     config_text,
@@ -33,35 +32,12 @@ from .ranking import (
     varying_knobs,
 )
 from .render import html_page, markdown
-from .report_content import content, run_label, terminal_text
+from .report_content import content, terminal_text
+from .report_data import Report, run_label
 
 __all__ = ["Report", "build_report", "check_out_dir", "terminal_text", "write_report"]
 
 REPORT_FILES = ("report.html", "report.md", "ranking.parquet", "configs.parquet")
-
-
-@dataclass
-class Report:
-    results: Results
-    target: Target
-    metrics: pd.DataFrame  # every run (reference included): compute to target + knobs
-    ranking: pd.DataFrame  # runs other than the reference, ranked
-    configs: pd.DataFrame  # configurations pooled over seeds, ranked
-    importance: pd.DataFrame
-    knobs: list[str]  # configuration columns that vary across the ranked runs
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def references(self) -> pd.DataFrame:
-        return self.metrics[self.metrics["role"] == "reference"]
-
-    @property
-    def several_experiments(self) -> bool:
-        return len(self.results.sources) > 1
-
-    @property
-    def multi_seed(self) -> bool:
-        return not self.configs.empty and bool((self.configs["runs"] > 1).any())
 
 
 # ---------------------------------------------------------------------------- build

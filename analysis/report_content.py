@@ -9,7 +9,6 @@ import datetime as dt
 import importlib.metadata
 import platform
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -18,9 +17,7 @@ from progtune import __version__
 from .importance import METHOD as IMPORTANCE_METHOD
 from .ranking import BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from .render import Block, text_table
-
-if TYPE_CHECKING:
-    from .report import Report
+from .report_data import Report, run_label
 
 RANKING_RULE = (
     "runs that reach the target first, by FLOPs to target (linear interpolation between "
@@ -49,14 +46,6 @@ PROVENANCE_COLUMNS = (
     "ray_version",
     "optuna_version",
 )
-
-
-def run_label(report: Report, row: pd.Series | dict) -> str:
-    return (
-        f"{row['experiment']}/{row['trial_id']}"
-        if report.several_experiments
-        else str(row["trial_id"])
-    )
 
 
 # ---------------------------------------------------------------------------- formatting
