@@ -17,3 +17,9 @@ class DataError(ProgtuneError):
 
 class ResultsError(ProgtuneError):
     """A results folder or Parquet file that cannot be read or written."""
+
+
+def one_line_reason(exc: BaseException) -> str:
+    """An exception's message squeezed onto one line (library messages span several)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from progtune import corpus as corpus_mod
 from progtune import data as data_mod
 from progtune.data import DataSettings, TokenData, load_tokenizer, prepare_data
 from progtune.errors import DataError
@@ -71,8 +72,8 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args, **kwargs):
         raise AssertionError("tokenizer training or encoding ran although the cache should hit")
 
-    monkeypatch.setattr(data_mod, "_train_bpe", boom)
-    monkeypatch.setattr(data_mod, "_encode", boom)
+    monkeypatch.setattr(data_mod, "train_bpe", boom)
+    monkeypatch.setattr(data_mod, "encode_documents", boom)
 
 
 def assert_same(a: TokenData, b: TokenData) -> None:
@@ -120,7 +121,7 @@ def test_stdlib_skips_test_folders_and_site_packages(tmp_path, monkeypatch):
     for rel in ["test/t.py", "pkg/tests/t.py", "idlelib/idle_test/t.py", "site-packages/x.py"]:
         (fake / rel).parent.mkdir(parents=True, exist_ok=True)
         (fake / rel).write_text("excluded = 1\n")
-    monkeypatch.setattr(data_mod.sysconfig, "get_paths", lambda: {"stdlib": str(fake)})
+    monkeypatch.setattr(corpus_mod.sysconfig, "get_paths", lambda: {"stdlib": str(fake)})
     data = prepare_data(DataSettings(vocab_size=259, val_every=2), tmp_path / "cache")
     docs = decoded_docs(data) + decoded_docs(data, "val")
     assert sorted(docs) == ["keep_a_py = 1\n", "keep_b_py = 1\n", "keep_pkg_c_py = 1\n",
@@ -171,7 +172,7 @@ def test_max_bytes_and_chunking_of_few_large_files(tmp_path):
     whole = prepare_data(settings(corpus=str(tmp_path / "big.txt"), val_every=2), tmp_path / "c")
     docs = decoded_docs(whole) + decoded_docs(whole, "val")
     assert whole.n_train_docs + whole.n_val_docs == len(docs) >= 4
-    assert all(len(d) <= data_mod.CHUNK_BYTES and d.endswith("\n") for d in docs)
+    assert all(len(d) <= corpus_mod.CHUNK_BYTES and d.endswith("\n") for d in docs)
     assert "".join(expect_interleave(decoded_docs(whole), decoded_docs(whole, "val"))) == big
 
     capped = prepare_data(
@@ -225,7 +226,7 @@ def test_corrupt_cache_is_rebuilt(tmp_path, caplog):
     path = tmp_path / "c" / f"tokens-{good.fingerprint}.npz"
     for damage in (b"garbage", path.read_bytes()[:200]):
         path.write_bytes(damage)
-        with caplog.at_level("WARNING", logger="progtune.data"):
+        with caplog.at_level("WARNING", logger="progtune.token_cache"):
             again = prepare_data(s, tmp_path / "c")
         assert "rebuilding" in caplog.text
         assert_same(good, again)
@@ -238,7 +239,7 @@ def test_local_tokenizer_file_and_folder(tmp_path, monkeypatch):
     first = prepare_data(settings(corpus=str(tmp_path / "corpus")), tmp_path / "c")
     (tmp_path / "tok").mkdir()
     (tmp_path / "tok" / "tokenizer.json").write_text(first.tokenizer_json)
-    monkeypatch.setattr(data_mod, "_train_bpe", None)  # a given tokenizer is never trained
+    monkeypatch.setattr(data_mod, "train_bpe", None)  # a given tokenizer is never trained
     for spec in (tmp_path / "tok" / "tokenizer.json", tmp_path / "tok"):
         data = prepare_data(
             settings(corpus=str(tmp_path / "corpus"), tokenizer=str(spec)), tmp_path / "c"
