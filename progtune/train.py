@@ -5,19 +5,17 @@
 It knows nothing of Ray: the search wraps `report` around `ray.tune.report`, the CLI around a
 printer. Every random draw comes from generators the run owns (seeded from `cfg.seed`) and is
 checkpointed, so a resumed run reproduces the uninterrupted curve bitwise on the same machine.
+`train` reads top to bottom: set up (`_Run`), then per step grow into due stages, one
+optimizer step, and on the evaluation grid a curve row, a checkpoint when due and the report.
 """
 
 from __future__ import annotations
 
 import bisect
-import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -25,15 +23,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from progtune.config import Config, config_hash, flatten
-from progtune.errors import ConfigError, ProgtuneError
+from progtune.batches import TrainingWindows, model_inputs, val_windows
+from progtune.batches import mask_for_mlm as mask_for_mlm
+from progtune.checkpoint import CHECKPOINT_FILE as CHECKPOINT_FILE
+from progtune.checkpoint import CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
+from progtune.checkpoint import (
+    RunState,
+    load_checkpoint_of,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from progtune.checkpoint import checkpoint_meta as checkpoint_meta
+from progtune.checkpoint import load_checkpoint as load_checkpoint
+from progtune.config import Config
+from progtune.errors import ConfigError
 from progtune.model import ProgressiveLM, train_flops
 from progtune.sampling import draw_depth
 from progtune.schedules import lr_at
 
-CHECKPOINT_FILE = "state.pt"
-CHECKPOINT_FORMAT = 1
 Report = Callable[[dict[str, Any], "Path | None"], "bool | None"]
+# Names other modules import from here since their code moved (bench/ imports these two).
+_Batches = TrainingWindows
+_val_windows = val_windows
 
 
 @dataclass
@@ -85,27 +96,6 @@ class Plan:
         return cls(total, growth, evals, tokens_per_micro)
 
 
-@dataclass
-class _State:
-    """Everything a checkpoint must carry besides tensors (JSON-serialisable)."""
-
-    step: int = 0
-    stage: int = 0
-    samples: int = 0  # training windows consumed: the data position
-    micro_steps: int = 0
-    tokens: int = 0
-    flops: float = 0.0
-    wall_s: float = 0.0
-    eval_wall_s: float = 0.0
-    checkpoint_wall_s: float = 0.0
-    depth_rng: dict = field(default_factory=dict)
-    # accumulators since the last curve row
-    depth_sum: int = 0
-    micro_count: int = 0
-    loss_sum: float = 0.0
-    curve: list[dict[str, Any]] = field(default_factory=list)
-
-
 def pick_device(cfg: Config) -> torch.device:
     want = cfg.runtime.device
     if want == "auto":
@@ -122,55 +112,6 @@ def use_bf16(cfg: Config, device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported()
     check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
     return bool(check and check())
-
-
-class _Batches:
-    """Windows of seq_len + 1 tokens, a seeded permutation per epoch; position = windows taken."""
-
-    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int):
-        self.tokens, self.seq_len, self.seed = tokens, seq_len, seed
-        self.n = (len(tokens) - 1) // seq_len
-        if self.n < 1:
-            raise ProgtuneError(
-                f"the training split has {len(tokens)} tokens, fewer than one window of "
-                f"model.seq_len={seq_len}; use a larger data.corpus or a shorter model.seq_len"
-            )
-        self._epoch, self._perm = -1, np.empty(0, dtype=np.int64)
-
-    def take(self, start: int, count: int) -> torch.Tensor:
-        rows = []
-        for i in range(start, start + count):
-            epoch, pos = divmod(i, self.n)
-            if epoch != self._epoch:
-                self._epoch = epoch
-                self._perm = np.random.default_rng([self.seed, epoch, 0xDA7A]).permutation(self.n)
-            off = int(self._perm[pos]) * self.seq_len
-            rows.append(self.tokens[off : off + self.seq_len + 1])
-        return torch.from_numpy(np.stack(rows).astype(np.int64))
-
-
-def mask_for_mlm(
-    window: torch.Tensor, rng: np.random.Generator, fraction: float, mask_id: int, vocab: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT masking: `fraction` of positions scored; 80 % of them [MASK], 10 % random, 10 % kept."""
-    x = window.clone()
-    u = torch.from_numpy(rng.random(x.shape))
-    scored = u < fraction
-    scored[..., 0] |= ~scored.any(dim=-1)  # at least one scored position per row
-    targets = torch.where(scored, x, torch.full_like(x, -100))
-    choice = torch.from_numpy(rng.random(x.shape))
-    random_tokens = torch.from_numpy(rng.integers(0, vocab, x.shape))
-    x = torch.where(scored & (choice < 0.8), torch.full_like(x, mask_id), x)
-    x = torch.where(scored & (choice >= 0.8) & (choice < 0.9), random_tokens, x)
-    return x, targets
-
-
-def _inputs(cfg: Config, window: torch.Tensor, rng: np.random.Generator, data) -> tuple:
-    if cfg.model.arch == "bert":
-        return mask_for_mlm(
-            window[:, :-1], rng, cfg.model.mask_fraction, data.mask_id, data.vocab_size
-        )
-    return window[:, :-1], window[:, 1:]
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -226,7 +167,7 @@ def evaluate_batches(
     rng = np.random.default_rng(0xE7A1)  # same masks for every run, so losses compare
     losses, counts = [], []
     for i in range(0, len(val_windows), cfg.eval.batch_size):
-        x, y = _inputs(cfg, val_windows[i : i + cfg.eval.batch_size], rng, data)
+        x, y = model_inputs(cfg, val_windows[i : i + cfg.eval.batch_size], rng, data)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = model(x.to(device), y.to(device))
         losses.append(float(loss.value))
@@ -248,67 +189,182 @@ def evaluate(
     return total / count
 
 
-def _val_windows(cfg: Config, val: np.ndarray) -> torch.Tensor:
-    seq = cfg.model.seq_len
-    n_all = (len(val) - 1) // seq
-    if n_all < 1:
-        raise ProgtuneError(
-            f"the validation split has {len(val)} tokens, fewer than one window of "
-            f"model.seq_len={seq}; lower data.val_every or use a larger data.corpus"
+# ---------------------------------------------------------------------------- one run
+def _set_up_runtime(cfg: Config) -> tuple[torch.device, bool]:
+    """Threads, device and matmul precision for this process; (device, use bf16 autocast)."""
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    device = pick_device(cfg)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device, use_bf16(cfg, device)
+
+
+class _Run:
+    """The live objects of one run and the steps of its loop; `st` is what a checkpoint keeps."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        data: Any,  # a prepared progtune.data.TokenData
+        report: Report | None,
+        checkpoint_dir: Path | None,
+        resume_from: str | Path | None,
+    ) -> None:
+        """Set up a fresh run, or one continued from the checkpoint in `resume_from`."""
+        self.cfg, self.data, self.report, self.checkpoint_dir = cfg, data, report, checkpoint_dir
+        self.device, self.bf16 = _set_up_runtime(cfg)
+        self.plan = Plan.of(cfg)
+        self.batches = TrainingWindows(data.train, cfg.model.seq_len, cfg.seed)
+        self.val = val_windows(cfg, data.val)
+        payload = load_checkpoint_of(cfg, resume_from) if resume_from else None
+        torch.manual_seed(cfg.seed)  # model init and dropout draw from torch's generator
+        k0 = payload["k"] if payload else cfg.stages.unique_layers[0]
+        self.model = ProgressiveLM(
+            cfg.model, data.vocab_size, k0, cfg.growth.operator, data.eos_id, data.pad_id
+        ).to(self.device)
+        self.opt = make_optimizer(self.model, cfg, self.device)
+        self.depth_rng = np.random.default_rng([cfg.seed, 0xDE97])  # one draw per micro-batch
+        self.st = RunState()
+        if payload:
+            self.st = restore_checkpoint(payload, self.model, self.opt, self.depth_rng)
+        self.model.train()
+
+    # ------------------------------------------------------------------ training
+    def grow_due_stages(self) -> None:
+        """Enter every stage whose boundary step has passed (after that boundary's curve row)."""
+        st = self.st
+        while st.stage < bisect.bisect_right(self.plan.growth_steps, st.step):
+            t0 = time.perf_counter()
+            st.stage += 1
+            self.opt = grow_with_optimizer(
+                self.model, self.opt, self.cfg.stages.unique_layers[st.stage], self.cfg, self.device
+            )
+            st.wall_s += time.perf_counter() - t0
+
+    def draw_micro_depth(self) -> int:
+        """The executed depth of the next micro-batch (the depth sampler's one draw for it)."""
+        cfg = self.cfg
+        return draw_depth(self.depth_rng, len(self.model.blocks), cfg.model.n_layers, cfg.sampling)
+
+    def optimizer_step(self) -> bool:
+        """One optimizer step over `grad_accum` micro-batches; False (and no update) when a
+        micro-batch loss was not finite."""
+        cfg, st, plan, opt = self.cfg, self.st, self.plan, self.opt
+        t0 = time.perf_counter()
+        lr = lr_at(st.step, plan.total_steps, cfg.lr, plan.growth_steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        finite = True
+        for _ in range(cfg.budget.grad_accum):
+            finite = self.micro_step(self.draw_micro_depth()) and finite
+        if finite:
+            if cfg.lr.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.lr.grad_clip)
+            opt.step()
+        st.step += 1
+        st.wall_s += time.perf_counter() - t0
+        return finite
+
+    def micro_step(self, depth: int) -> bool:
+        """Forward and backward of the next micro-batch at `depth`; whether its loss is finite."""
+        cfg, st, plan = self.cfg, self.st, self.plan
+        batch_size, grad_accum = cfg.budget.batch_size, cfg.budget.grad_accum
+        self.model.set_depth(depth)
+        window = self.batches.take(st.samples, batch_size)
+        st.samples += batch_size
+        mlm_rng = np.random.default_rng([cfg.seed, st.micro_steps, 0x3A5C])
+        x, y = model_inputs(cfg, window, mlm_rng, self.data)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = self.model(x.to(self.device), y.to(self.device))
+        (loss.value / grad_accum).backward()
+        value = loss.value.item()
+        st.micro_steps += 1
+        st.tokens += plan.tokens_per_micro
+        st.flops += train_flops(
+            cfg.model, self.data.vocab_size, depth, plan.tokens_per_micro, loss.n_scored
         )
-    n = n_all if cfg.eval.max_tokens == 0 else max(1, min(n_all, cfg.eval.max_tokens // seq))
-    starts = np.linspace(0, n_all - 1, n).astype(np.int64) * seq  # spread over the whole split
-    return torch.from_numpy(np.stack([val[s : s + seq + 1] for s in starts]).astype(np.int64))
+        st.depth_sum += depth
+        st.micro_count += 1
+        st.loss_sum += value
+        return math.isfinite(value)
 
+    # ------------------------------------------------------------------ evaluation and reporting
+    def evaluation_due(self, finite: bool) -> bool:
+        """On the step grid, once cumulative FLOPs first pass a mark (ASHA's rungs, so a scheduler
+        compares trials at the compute it decides at), and after a non-finite step."""
+        st = self.st
+        last_flops = st.curve[-1]["flops"] if st.curve else 0.0
+        crossed = any(last_flops < mark <= st.flops for mark in self.cfg.eval.at_flops)
+        return st.step in self.plan.eval_steps or crossed or not finite
 
-# ---------------------------------------------------------------------------- checkpoints
-def save_checkpoint(
-    directory: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, st: _State, cfg: Config
-) -> None:
-    """Atomic: written into a temp folder beside `directory`, then swapped in."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "k": len(model.blocks),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "state": json.dumps(st.__dict__),
-        "config_hash": config_hash(cfg),
-        "config": json.dumps(flatten(cfg), default=list),
-    }
-    with open(tmp / CHECKPOINT_FILE, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    # Readable without torch: the step, and the curve up to here (a driver that lost rows can
-    # take them back from the checkpoint a retried trial resumes from).
-    meta = {"step": st.step, "stage": st.stage, "curve": st.curve}
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    old = directory.with_name(f".{directory.name}-old")
-    if directory.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    def evaluate_and_report(self) -> bool:
+        """Append a curve row, checkpoint when due, report the row; True to stop the run (the
+        report asked, or the evaluation loss is not finite)."""
+        row = self.curve_row()
+        written = self.checkpoint_if_due(row)
+        stop = bool(self.report(dict(row), written)) if self.report else False
+        return stop or not math.isfinite(row["eval_loss"])
 
+    def curve_row(self) -> dict[str, Any]:
+        """Evaluate, and close the curve row of the steps since the last one."""
+        cfg, st, plan = self.cfg, self.st, self.plan
+        t0 = time.perf_counter()
+        eval_loss = evaluate(self.model, cfg, self.val, self.data, self.device, self.bf16)
+        st.eval_wall_s += time.perf_counter() - t0
+        row = {
+            "step": st.step,
+            "tokens": st.tokens,
+            "flops": st.flops,
+            "wall_s": st.wall_s,
+            "stage": st.stage,
+            "unique_layers": len(self.model.blocks),
+            "mean_depth": st.depth_sum / st.micro_count if st.micro_count else None,
+            "lr": lr_at(max(st.step - 1, 0), plan.total_steps, cfg.lr, plan.growth_steps),
+            "train_loss": st.loss_sum / st.micro_count if st.micro_count else None,
+            "eval_loss": eval_loss,
+            "eval_wall_s": st.eval_wall_s,
+            "checkpoint_wall_s": st.checkpoint_wall_s,
+        }
+        st.curve.append(row)
+        st.depth_sum, st.micro_count, st.loss_sum = 0, 0, 0.0
+        return row
 
-def checkpoint_meta(directory: str | Path) -> dict[str, Any]:
-    """A checkpoint's step and curve up to it (cheap: no tensors loaded)."""
-    return json.loads((Path(directory) / "meta.json").read_text())
+    def checkpoint_if_due(self, row: dict[str, Any]) -> Path | None:
+        """Checkpoint after a finite evaluation at the end and every `runtime.checkpoint_every`
+        evaluations; the folder written, or None."""
+        st, every = self.st, self.cfg.runtime.checkpoint_every
+        evals_done = sum(1 for r in st.curve if r["step"] > 0)
+        due = st.step == self.plan.total_steps or (every and evals_done % every == 0)
+        if not (self.checkpoint_dir and st.step > 0 and math.isfinite(row["eval_loss"]) and due):
+            return None
+        t0 = time.perf_counter()
+        st.depth_rng = self.depth_rng.bit_generator.state
+        save_checkpoint(self.checkpoint_dir, self.model, self.opt, st, self.cfg)
+        st.checkpoint_wall_s += time.perf_counter() - t0
+        row["checkpoint_wall_s"] = st.checkpoint_wall_s
+        return self.checkpoint_dir
 
-
-def load_checkpoint(directory: Path) -> dict[str, Any]:
-    """Read a progtune checkpoint without arbitrary unpickling (weights_only)."""
-    path = Path(directory) / CHECKPOINT_FILE
-    if not path.is_file():
-        raise ProgtuneError(f"no checkpoint at {path}; run without --resume to start fresh")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ProgtuneError(f"checkpoint {path} has an unknown format; start the run again")
-    return payload
+    def result(self, status: str) -> TrainResult:
+        """The run's summary and curve."""
+        st = self.st
+        final = st.curve[-1]["eval_loss"] if st.curve else None
+        return TrainResult(
+            status=status,
+            final_eval_loss=final if final is not None and math.isfinite(final) else None,
+            curve=st.curve,
+            steps=st.step,
+            total_tokens=st.tokens,
+            total_flops=st.flops,
+            total_wall_s=st.wall_s,
+            eval_wall_s=st.eval_wall_s,
+            checkpoint_wall_s=st.checkpoint_wall_s,
+            device=str(self.device),
+            threads=torch.get_num_threads(),
+            data_fingerprint=self.data.fingerprint,
+        )
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -330,154 +386,22 @@ def train(
         from progtune.data import prepare_data
 
         data = prepare_data(cfg.data)
-    if cfg.runtime.threads:
-        torch.set_num_threads(cfg.runtime.threads)
-    device = pick_device(cfg)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    bf16 = use_bf16(cfg, device)
-    plan = Plan.of(cfg)
-    ul, n_layers = cfg.stages.unique_layers, cfg.model.n_layers
-    batches = _Batches(data.train, cfg.model.seq_len, cfg.seed)
-    val = _val_windows(cfg, data.val)
-
-    st = _State()
-    payload = load_checkpoint(Path(resume_from)) if resume_from else None
-    if payload and payload["config_hash"] != config_hash(cfg):
-        raise ProgtuneError(
-            "the checkpoint was written by a different config; resume with the same one"
-        )
-    torch.manual_seed(cfg.seed)  # model init and dropout draw from torch's generator
-    k0 = payload["k"] if payload else ul[0]
-    model = ProgressiveLM(
-        cfg.model, data.vocab_size, k0, cfg.growth.operator, data.eos_id, data.pad_id
-    ).to(device)
-    opt = make_optimizer(model, cfg, device)
-    depth_rng = np.random.default_rng([cfg.seed, 0xDE97])
-    if payload:
-        model.load_state_dict(payload["model"])
-        opt.load_state_dict(payload["optimizer"])
-        st = _State(**json.loads(payload["state"]))
-        depth_rng.bit_generator.state = st.depth_rng
-        torch.set_rng_state(payload["torch_rng"])
-        if payload["cuda_rng"]:
-            torch.cuda.set_rng_state_all(payload["cuda_rng"])
-    model.train()
-    status = "completed"
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    evals_done = sum(1 for r in st.curve if r["step"] > 0)
-
-    def emit_row(train_loss: float | None) -> bool:
-        nonlocal evals_done
-        t0 = time.perf_counter()
-        eval_loss = evaluate(model, cfg, val, data, device, bf16)
-        st.eval_wall_s += time.perf_counter() - t0
-        row = {
-            "step": st.step,
-            "tokens": st.tokens,
-            "flops": st.flops,
-            "wall_s": st.wall_s,
-            "stage": st.stage,
-            "unique_layers": len(model.blocks),
-            "mean_depth": st.depth_sum / st.micro_count if st.micro_count else None,
-            "lr": lr_at(max(st.step - 1, 0), plan.total_steps, cfg.lr, plan.growth_steps),
-            "train_loss": train_loss,
-            "eval_loss": eval_loss,
-            "eval_wall_s": st.eval_wall_s,
-            "checkpoint_wall_s": st.checkpoint_wall_s,
-        }
-        st.curve.append(row)
-        st.depth_sum, st.micro_count, st.loss_sum = 0, 0, 0.0
-        written = None
-        every = cfg.runtime.checkpoint_every
-        if st.step > 0:
-            evals_done += 1
-        final = st.step == plan.total_steps
-        if (
-            ckpt_dir
-            and st.step > 0
-            and math.isfinite(eval_loss)
-            and (final or (every and evals_done % every == 0))
-        ):
-            t0 = time.perf_counter()
-            st.depth_rng = depth_rng.bit_generator.state
-            save_checkpoint(ckpt_dir, model, opt, st, cfg)
-            st.checkpoint_wall_s += time.perf_counter() - t0
-            row["checkpoint_wall_s"] = st.checkpoint_wall_s
-            written = ckpt_dir
-        stop = bool(report(dict(row), written)) if report else False
-        return stop or not math.isfinite(eval_loss)
-
-    if not st.curve and emit_row(None):  # a report may stop the run at its first row too
+    run = _Run(cfg, data, report, ckpt_dir, resume_from)
+    st, total_steps = run.st, run.plan.total_steps
+    status = "completed"
+    if not st.curve and run.evaluate_and_report():  # a report may stop the run at its first row
         status = "stopped" if math.isfinite(st.curve[-1]["eval_loss"]) else "diverged"
 
-    while st.step < plan.total_steps and status == "completed":
-        # Growth happens once the steps of the previous stage are done (after its boundary row).
-        while st.stage < bisect.bisect_right(plan.growth_steps, st.step):
-            t0 = time.perf_counter()
-            st.stage += 1
-            opt = grow_with_optimizer(model, opt, ul[st.stage], cfg, device)
-            st.wall_s += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        lr = lr_at(st.step, plan.total_steps, cfg.lr, plan.growth_steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        finite = True
-        for _ in range(cfg.budget.grad_accum):
-            depth = draw_depth(depth_rng, len(model.blocks), n_layers, cfg.sampling)
-            model.set_depth(depth)
-            window = batches.take(st.samples, cfg.budget.batch_size)
-            st.samples += cfg.budget.batch_size
-            mlm_rng = np.random.default_rng([cfg.seed, st.micro_steps, 0x3A5C])
-            x, y = _inputs(cfg, window, mlm_rng, data)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = model(x.to(device), y.to(device))
-            (loss.value / cfg.budget.grad_accum).backward()
-            value = loss.value.item()
-            finite = finite and math.isfinite(value)
-            st.micro_steps += 1
-            st.tokens += plan.tokens_per_micro
-            st.flops += train_flops(
-                cfg.model, data.vocab_size, depth, plan.tokens_per_micro, loss.n_scored
-            )
-            st.depth_sum += depth
-            st.micro_count += 1
-            st.loss_sum += value
-        if finite:
-            if cfg.lr.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.lr.grad_clip)
-            opt.step()
-        st.step += 1
-        st.wall_s += time.perf_counter() - t0
+    while st.step < total_steps and status == "completed":
+        run.grow_due_stages()
+        finite = run.optimizer_step()
         if not finite:
             status = "diverged"
-        # Evaluate on the step grid, and once cumulative FLOPs first pass a mark (ASHA's rungs,
-        # so a scheduler compares trials at the compute it decides at).
-        last_flops = st.curve[-1]["flops"] if st.curve else 0.0
-        crossed = any(last_flops < mark <= st.flops for mark in cfg.eval.at_flops)
-        if st.step in plan.eval_steps or crossed or not finite:
-            train_loss = st.loss_sum / st.micro_count if st.micro_count else None
-            stop = emit_row(train_loss)
-            last = st.curve[-1]["eval_loss"]
-            if not math.isfinite(last) or not finite:
+        if run.evaluation_due(finite):
+            stop = run.evaluate_and_report()
+            if not math.isfinite(st.curve[-1]["eval_loss"]) or not finite:
                 status = "diverged"
-            elif stop and st.step < plan.total_steps:  # at the last row it finished anyway
+            elif stop and st.step < total_steps:  # at the last row it finished anyway
                 status = "stopped"
-
-    final = st.curve[-1]["eval_loss"] if st.curve else None
-    return TrainResult(
-        status=status,
-        final_eval_loss=final if final is not None and math.isfinite(final) else None,
-        curve=st.curve,
-        steps=st.step,
-        total_tokens=st.tokens,
-        total_flops=st.flops,
-        total_wall_s=st.wall_s,
-        eval_wall_s=st.eval_wall_s,
-        checkpoint_wall_s=st.checkpoint_wall_s,
-        device=str(device),
-        threads=torch.get_num_threads(),
-        data_fingerprint=data.fingerprint,
-    )
+    return run.result(status)
