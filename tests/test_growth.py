@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from fractions import Fraction
 
@@ -69,14 +70,52 @@ def test_every_layout_is_a_valid_plan(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
-def test_every_growth_preserves_the_pass_at_depth_k_new(name: str) -> None:
-    """New block j copies old block map[j]: a k_new-deep pass runs the same weights as before."""
+def test_every_growth_preserves_the_pass_at_depth_k_new(name: str, one_torch_thread) -> None:
+    """Growing k_old -> k_new unique blocks leaves the function of a k_new-deep pass unchanged:
+    the logits of a real model are equal bit for bit before and after `grow`."""
+    import torch
+
+    from progtune.config import resolve
+    from progtune.model import ProgressiveLM
+
+    m = resolve(
+        "tiny",
+        overrides={"model.n_layers": 5, "stages.unique_layers": [5], "stages.boundaries": []},
+    ).model
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    for k_old in range(1, 5):
+        torch.manual_seed(k_old)  # fresh, distinct blocks: a wrong copy changes the pass
+        model = ProgressiveLM(m, 64, k_old, name).eval()
+        for k_new in range(k_old + 1, 6):
+            grown = copy.deepcopy(model)
+            grown.set_depth(k_new)
+            with torch.no_grad():
+                before = grown.hf(input_ids=ids, use_cache=False).logits
+                mapping = grown.grow(k_new)
+                after = grown.hf(input_ids=ids, use_cache=False).logits
+            assert grown.k == k_new and len(mapping) == k_new
+            assert set(mapping) == set(range(k_old)), (name, k_old, k_new)  # none dropped
+            assert torch.equal(before, after), (name, k_old, k_new, mapping)
+
+
+def _expected_map(name: str, k_old: int, k_new: int) -> list[int]:
+    """The copy maps of apollo.md section 4, written out independently of progtune.growth."""
+    if name == "interpolation":  # new block j copies old block floor(j k_old / k_new)
+        return [math.floor(Fraction(j * k_old, k_new)) for j in range(k_new)]
+    # stacking: whole runs 0..k_old-1, then a partial run of the top blocks
+    whole = (k_new // k_old) * k_old
+    return [j % k_old if j < whole else k_old - (k_new - j) for j in range(k_new)]
+
+
+@pytest.mark.parametrize("name", ["interpolation", "stacking"])
+def test_growth_maps_match_the_written_out_rules(name: str) -> None:
     for k_new in range(2, 25):
         for k_old in range(1, k_new):
-            mapping = growth_map(name, k_old, k_new)
-            assert len(mapping) == k_new
-            assert mapping == layer_plan(name, k_old, k_new)
-            assert set(mapping) == set(range(k_old))  # no old block is dropped
+            assert growth_map(name, k_old, k_new) == _expected_map(name, k_old, k_new), (
+                name,
+                k_old,
+                k_new,
+            )
 
 
 def _same_pass(name: str, k_old: int, k_new: int, d: int) -> bool:
