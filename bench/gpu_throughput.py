@@ -24,22 +24,32 @@ torch.cuda.synchronize().
 
 The whole script stays under --time-limit seconds: later depths get fewer steps or are dropped,
 compilation is skipped or stopped, and what was cut is printed and written to the JSON.
-Only small presets (tiny, cpu-small) run without CUDA.
+Only small presets (tiny, cpu-small) run without CUDA. The phases are in
+bench/throughput_phases.py, the timed step in bench/throughput_steps.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import re
-import signal
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any, NoReturn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput_phases import (
+    Bench,
+    TimeUp,
+    compiled_phase,
+    depth_phase,
+    depth_table,
+    eager_phase,
+    install_backstop,
+    set_alarm,
+)
 
 from progtune.errors import ProgtuneError
 
@@ -57,7 +67,6 @@ def _process_age_s() -> float:
 _STARTED = time.perf_counter() - _process_age_s()  # the time limit counts from process start
 PROG = "gpu_throughput"
 CPU_PRESETS = ("tiny", "cpu-small")  # the others are GPU-sized (12 x 768, 32k vocab)
-MASK_ID = 2  # synthetic BERT inputs: progtune's tokenizers put <mask> third
 # Dense bf16 tensor TFLOP/s from vendor datasheets (no sparsity); first matching pattern wins.
 PEAK_TFLOPS_BF16: tuple[tuple[str, float], ...] = (
     (r"H100.*PCIE", 756.0),
@@ -79,14 +88,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{PROG}: error: {message}; see `python bench/gpu_throughput.py --help`\n")
-
-
-class _TimeUp(BaseException):
-    """Raised by the SIGALRM backstop when a phase overruns the time limit.
-
-    A BaseException, like KeyboardInterrupt: the compiler's broad `except Exception` fallbacks
-    (cache bypasses) would otherwise swallow it and compilation would run on past the limit.
-    """
 
 
 def _count(minimum: int):
@@ -133,160 +134,10 @@ def peak_tflops(device_name: str) -> float | None:
     return None
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:500]
-
-
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     from progtune.atomic import write_text_atomic
 
     write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
-
-
-# ---------------------------------------------------------------------------- measuring
-def synthetic_batches(cfg, device, count: int = 4) -> list:
-    """`count` seeded (inputs, targets) batches on the device; BERT: masked-LM targets."""
-    import torch
-
-    m, b = cfg.model, cfg.budget
-    gen = torch.Generator().manual_seed(cfg.seed)
-    out = []
-    for _ in range(count):
-        window = torch.randint(0, cfg.data.vocab_size, (b.batch_size, m.seq_len + 1), generator=gen)
-        if m.arch == "bert":
-            x = window[:, :-1]
-            scored = torch.rand(x.shape, generator=gen) < m.mask_fraction
-            scored[:, 0] |= ~scored.any(dim=-1)  # at least one scored position per row
-            y = torch.where(scored, x, -100)
-            x = torch.where(scored, MASK_ID, x)
-        else:
-            x, y = window[:, :-1], window[:, 1:]
-        out.append((x.contiguous().to(device), y.contiguous().to(device)))
-    return out
-
-
-def make_step(model, opt, batches, depth: int, bf16: bool, device, grad_clip: float):
-    """One training micro-batch step as progtune.train runs it, at executed depth `depth`."""
-    import torch
-
-    cycle = itertools.cycle(batches)
-
-    def step() -> None:
-        x, y = next(cycle)
-        model.set_depth(depth)
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(x, y)
-        loss.value.backward()
-        loss.value.item()  # the training loop reads every micro-batch loss (a host sync)
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-
-    return step
-
-
-def measure(step, warmup: int, steps: int, deadline: float, sync) -> tuple[list, list]:
-    """(warm-up times, timed times) in seconds; stops early when the next step would pass
-    `deadline` (at least one timed step always runs)."""
-
-    def timed() -> float:
-        sync()
-        t0 = time.perf_counter()
-        step()
-        sync()
-        return time.perf_counter() - t0
-
-    warm: list[float] = []
-    for _ in range(warmup):
-        if warm and time.perf_counter() + warm[-1] > deadline:
-            break
-        warm.append(timed())
-    times: list[float] = []
-    for _ in range(steps):
-        if times and time.perf_counter() + statistics.fmean(times) > deadline:
-            break
-        times.append(timed())
-    return warm, times
-
-
-def summarize(warm: list, times: list, tokens: int, flops: float, peak: float | None) -> dict:
-    step_s = statistics.fmean(times)
-    achieved = flops / step_s
-    return {
-        "warmup_steps": len(warm),
-        "steps": len(times),
-        "step_s": step_s,
-        "step_s_median": statistics.median(times),
-        "tokens_per_s": tokens / step_s,
-        "achieved_flops_per_s": achieved,
-        "mfu": achieved / peak if peak else None,
-    }
-
-
-def _graph_stats() -> dict | None:
-    """Dynamo's graph / graph-break / recompile counts (private counters; None if they moved)."""
-    try:
-        from torch._dynamo.utils import counters
-
-        return {
-            "unique_graphs": int(counters["stats"].get("unique_graphs", 0)),
-            "graph_breaks": int(sum(counters["graph_break"].values())),
-            "recompiles": int(sum(counters["recompiles"].values())),
-        }
-    except Exception:
-        return None
-
-
-def _steps(n: int) -> str:
-    return f"{n} step" if n == 1 else f"{n} steps"
-
-
-def _fmt(r: dict, memory: int | None = None) -> str:
-    mfu = f"MFU {r['mfu']:.1%}" if r["mfu"] is not None else "MFU n/a"
-    mem = f", peak memory {memory / 2**30:.2f} GiB" if memory is not None else ""
-    return (
-        f"{_steps(r['steps'])}, {r['step_s'] * 1e3:.2f} ms/step (median "
-        f"{r['step_s_median'] * 1e3:.2f}), {r['tokens_per_s']:,.0f} tokens/s, "
-        f"{r['achieved_flops_per_s'] / 1e12:.3f} TFLOP/s, {mfu}{mem}"
-    )
-
-
-def _note_cut(cuts: list, label: str, warm: list, times: list, args, warmup: int = -1) -> None:
-    """Record a measurement that the time limit shortened."""
-    warmup = args.warmup if warmup < 0 else warmup
-    if len(times) < args.steps or len(warm) < warmup:
-        cuts.append(
-            f"{label}: {len(times)} of {args.steps} timed steps, {len(warm)} of {warmup} "
-            "warm-up (time limit)"
-        )
-
-
-def _depth_table(rows: dict[int, dict], n_layers: int) -> list[dict]:
-    """Rows by depth with time share = step(d) / step(L); printed as they are finished."""
-    ref = rows.get(n_layers)
-    table = []
-    for d in sorted(rows):
-        r = rows[d]
-        if ref is not None:
-            r["time_share"] = r["step_s"] / ref["step_s"]
-            r["time_over_flops_share"] = r["time_share"] / r["flops_share"]
-        table.append(r)
-        shares = (
-            f"time share {r['time_share']:.3f}, FLOPs share {r['flops_share']:.3f}, "
-            f"time/FLOPs share {r['time_over_flops_share']:.3f}"
-            if ref is not None
-            else f"FLOPs share {r['flops_share']:.3f}"
-        )
-        print(f"depth {d:>2}: {r['step_s'] * 1e3:.2f} ms/step ({_steps(r['steps'])}), {shares}")
-    return table
-
-
-def _set_alarm(seconds: float) -> None:
-    """SIGALRM backstop in `seconds`, then every second until cancelled (0 cancels)."""
-    if hasattr(signal, "setitimer"):
-        signal.setitimer(signal.ITIMER_REAL, max(0.0, seconds), 1.0 if seconds > 0 else 0.0)
 
 
 # ---------------------------------------------------------------------------- main
@@ -300,11 +151,69 @@ def run(args: argparse.Namespace, start: float) -> tuple[int, dict]:
             f"--json {args.json}: folder {str(json_path.parent)!r} does not exist; create it "
             "or pass another path"
         )
+    b = _setup(args, cfg, start)
+    # Soft deadline for planning (b.deadline); this backstop just after it cuts a phase that
+    # overruns. The margin also covers writing the output and the interpreter's exit.
+    margin = _margin(args)
+    phase, rows = "eager", {}
+    try:
+        set_alarm(max(0.01, start + args.time_limit - margin - time.perf_counter()))
+        model, batches, step, eager = eager_phase(b)
+        phase = "depths"
+        depth_phase(b, batches, eager, rows)
+        phase = "compiled"
+        compiled_phase(b, model, step, eager)
+    except TimeUp:
+        set_alarm(0)
+        b.cuts.append(f"time limit reached during {phase}; later parts not run")
+        if phase == "depths":
+            b.out["depths"] = depth_table(rows, cfg.model.n_layers)
+        elif phase == "compiled":
+            b.out["compiled"] = {"error": "time limit reached while compiling or measuring"}
+    finally:
+        set_alarm(0)
+    return _finish(b, start, json_path)
 
+
+def _margin(args: argparse.Namespace) -> float:
+    """Seconds kept back before the time limit (~1-2 s go to exiting after a compile)."""
+    return max(3.0, min(15.0, 0.05 * args.time_limit))
+
+
+def _setup(args: argparse.Namespace, cfg: Any, start: float) -> Bench:
+    """Device, precision, peak and the JSON payload's fixed part; prints the header line."""
     import torch
 
-    from progtune.model import ProgressiveLM, flops_per_token
-    from progtune.train import make_optimizer, pick_device, use_bf16
+    from progtune.model import flops_per_token
+    from progtune.train import use_bf16
+
+    device = _device(args, cfg)
+    cuda = device.type == "cuda"
+    bf16 = use_bf16(cfg, device)
+    m, vocab, n_layers = cfg.model, cfg.data.vocab_size, cfg.model.n_layers
+    tokens = cfg.budget.batch_size * m.seq_len
+    fpt = flops_per_token(m, vocab, n_layers)
+    name = torch.cuda.get_device_name(device) if cuda else "CPU"
+    peak, peak_note = _peak(args, cuda, name, bf16)
+    deadline = start + args.time_limit - 2 * _margin(args)
+    install_backstop()
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    b = Bench(args, cfg, device, bf16, tokens, fpt, peak, deadline, sync, {}, [])
+    b.out = _payload(b, name, peak_note)
+    cuda_ver = f" (CUDA {torch.version.cuda})" if cuda else ""
+    print(
+        f"{name} | torch {torch.__version__}{cuda_ver} | {b.out['precision']}"
+        f"{' autocast' if bf16 else ''} | torch threads {torch.get_num_threads()}"
+    )
+    return b
+
+
+def _device(args: argparse.Namespace, cfg: Any) -> Any:
+    """The torch device (threads and TF32 set as progtune.train sets them); a large preset needs
+    CUDA."""
+    import torch
+
+    from progtune.train import pick_device
 
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
@@ -318,64 +227,55 @@ def run(args: argparse.Namespace, start: float) -> tuple[int, dict]:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True  # as progtune.train does
         torch.backends.cudnn.allow_tf32 = True
-    bf16 = use_bf16(cfg, device)
-    m, vocab, n_layers = cfg.model, cfg.data.vocab_size, cfg.model.n_layers
-    tokens = cfg.budget.batch_size * m.seq_len
-    fpt = flops_per_token(m, vocab, n_layers)
-    name = torch.cuda.get_device_name(device) if cuda else "CPU"
+    return device
 
+
+def _peak(args: argparse.Namespace, cuda: bool, name: str, bf16: bool) -> tuple[float | None, str]:
+    """Peak FLOP/s for MFU (None when unknown) and where it came from, in words."""
     if args.peak_tflops:
-        peak, peak_note = args.peak_tflops * 1e12, "--peak-tflops"
-    elif cuda and peak_tflops(name):
-        peak, peak_note = peak_tflops(name) * 1e12, f"table (dense bf16) for {name!r}"
+        return args.peak_tflops * 1e12, "--peak-tflops"
+    if cuda and peak_tflops(name):
+        note = f"table (dense bf16) for {name!r}"
         if not bf16:
-            peak_note += "; the run is fp32, so MFU is against the bf16 peak"
-    else:
-        peak = None
-        peak_note = (
-            "n/a: no peak for a CPU; pass --peak-tflops"
-            if not cuda
-            else f"n/a: {name!r} is not in the peak table; pass --peak-tflops"
-        )
+            note += "; the run is fp32, so MFU is against the bf16 peak"
+        return peak_tflops(name) * 1e12, note
+    if not cuda:
+        return None, "n/a: no peak for a CPU; pass --peak-tflops"
+    return None, f"n/a: {name!r} is not in the peak table; pass --peak-tflops"
 
-    # Soft deadline for planning; the SIGALRM backstop just after it cuts a phase that overruns.
-    # The margin also covers writing the output and the interpreter's exit (~1-2 s after a compile).
-    margin = max(3.0, min(15.0, 0.05 * args.time_limit))
-    deadline = start + args.time_limit - 2 * margin
-    if hasattr(signal, "SIGALRM"):
 
-        def _alarm(_sig, _frame):
-            raise _TimeUp
+def _payload(b: Bench, name: str, peak_note: str) -> dict[str, Any]:
+    """The JSON payload before any measurement: device, model, step size, peak, requests."""
+    import torch
 
-        signal.signal(signal.SIGALRM, _alarm)
+    from progtune.config import parse_assignments
 
-    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
-    cuts: list[str] = []
-    out: dict[str, Any] = {
+    args, cfg, m = b.args, b.cfg, b.cfg.model
+    return {
         "device": {
-            "type": device.type,
+            "type": b.device.type,
             "name": name,
             "torch": torch.__version__,
             "cuda": torch.version.cuda,
             "threads": torch.get_num_threads(),
         },
-        "precision": "bf16" if bf16 else "fp32",
+        "precision": "bf16" if b.bf16 else "fp32",
         "preset": args.preset,
         "overrides": parse_assignments(args.overrides),
         "model": {
             "arch": m.arch,
-            "n_layers": n_layers,
+            "n_layers": m.n_layers,
             "d_model": m.d_model,
             "n_heads": m.n_heads,
             "seq_len": m.seq_len,
-            "vocab_size": vocab,
+            "vocab_size": cfg.data.vocab_size,
         },
         "batch_size": cfg.budget.batch_size,
-        "tokens_per_step": tokens,
+        "tokens_per_step": b.tokens,
         "grad_accum_ignored": cfg.budget.grad_accum,
-        "flops_per_token": fpt,
-        "flops_per_step": fpt * tokens,
-        "peak_flops_per_s": peak,
+        "flops_per_token": b.fpt,
+        "flops_per_step": b.fpt * b.tokens,
+        "peak_flops_per_s": b.peak,
         "peak_source": peak_note,
         "steps_requested": args.steps,
         "warmup_requested": args.warmup,
@@ -384,125 +284,13 @@ def run(args: argparse.Namespace, start: float) -> tuple[int, dict]:
         "peak_memory_bytes": None,
         "compiled": None,
         "depths": [],
-        "cut": cuts,
+        "cut": b.cuts,
     }
-    cuda_ver = f" (CUDA {torch.version.cuda})" if cuda else ""
-    print(
-        f"{name} | torch {torch.__version__}{cuda_ver} | {out['precision']}"
-        f"{' autocast' if bf16 else ''} | torch threads {torch.get_num_threads()}"
-    )
 
-    phase, rows = "eager", {}
-    try:
-        _set_alarm(max(0.01, start + args.time_limit - margin - time.perf_counter()))
-        torch.manual_seed(cfg.seed)
-        model = ProgressiveLM(m, vocab, n_layers, cfg.growth.operator, 0, 1).to(device)
-        params = sum(p.numel() for p in model.parameters())
-        out["model"]["params"] = params
-        print(
-            f"preset {args.preset}: {m.arch} {n_layers} x {m.d_model} ({m.n_heads} heads), seq "
-            f"{m.seq_len}, vocab {vocab}, {params / 1e6:.2f} M params"
-        )
-        print(
-            f"batch {cfg.budget.batch_size} x {m.seq_len} = {tokens:,} tokens/step (budget."
-            f"grad_accum={cfg.budget.grad_accum} ignored); {fpt:.4g} FLOPs/token, "
-            f"{fpt * tokens:.4g} FLOPs/step; peak "
-            f"{f'{peak / 1e12:g} TFLOP/s ({peak_note})' if peak else peak_note}"
-        )
-        batches = synthetic_batches(cfg, device)
-        opt = make_optimizer(model, cfg, device)
 
-        # 1. full depth, eager: may use a third of the time when more phases follow
-        pending = 2 if args.no_compile else 3
-        now = time.perf_counter()
-        step = make_step(model, opt, batches, n_layers, bf16, device, cfg.lr.grad_clip)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-        try:
-            warm, times = measure(
-                step, args.warmup, args.steps, now + (deadline - now) / pending, sync
-            )
-        except torch.OutOfMemoryError as exc:
-            raise ProgtuneError(
-                f"out of GPU memory at {tokens:,} tokens per step ({_one_line(exc)[:120]}); "
-                "pass a smaller budget.batch_size=N"
-            ) from None
-        eager = summarize(warm, times, tokens, fpt * tokens, peak)
-        out["eager"] = eager
-        _note_cut(cuts, "eager", warm, times, args)
-        if cuda:
-            out["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
-        print(f"full depth, eager: {_fmt(eager, out['peak_memory_bytes'])}")
-
-        # 3. per executed depth (k = 1 model), d = L first as the reference
-        phase = "depths"
-        torch.manual_seed(cfg.seed)
-        dmodel = ProgressiveLM(m, vocab, 1, cfg.growth.operator, 0, 1).to(device)
-        dopt = make_optimizer(dmodel, cfg, device)
-        now = time.perf_counter()
-        phase_end = now + (deadline - now) / (pending - 1)
-        order = [n_layers, *range(1, n_layers)]
-        shares = {d: flops_per_token(m, vocab, d) / fpt for d in order}
-        for i, d in enumerate(order):
-            now, share = time.perf_counter(), shares[d]
-            if now + (args.warmup + 1) * eager["step_s"] * share > phase_end:
-                cuts.append(f"depths {', '.join(map(str, sorted(order[i:])))}: not measured")
-                break
-            # The phase's time left is split by expected step cost, so depths get equal steps.
-            slice_s = (phase_end - now) * share / sum(shares[e] for e in order[i:])
-            dstep = make_step(dmodel, dopt, batches, d, bf16, device, cfg.lr.grad_clip)
-            warm, times = measure(dstep, args.warmup, args.steps, now + slice_s, sync)
-            _note_cut(cuts, f"depth {d}", warm, times, args)
-            rows[d] = {"depth": d, "flops_share": share} | summarize(
-                warm, times, tokens, flops_per_token(m, vocab, d) * tokens, peak
-            )
-        del dmodel, dopt
-        out["depths"] = _depth_table(rows, n_layers)
-
-        # 2. full depth, each block compiled on its own
-        phase = "compiled"
-        if args.no_compile:
-            out["compiled"] = {"skipped": "--no-compile"}
-            print("full depth, compiled per block: skipped (--no-compile)")
-        elif time.perf_counter() + 2 * (args.warmup + 1) * eager["step_s"] + 5 > deadline:
-            out["compiled"] = {"skipped": "time limit"}
-            cuts.append("compiled: not run (time limit)")
-            print("full depth, compiled per block: skipped (time limit)")
-        else:
-            if cuda:
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-            try:
-                for block in model.blocks:
-                    block.compile()  # in place: the module objects (and the layer plan) stay
-                warm, times = measure(step, max(1, args.warmup), args.steps, deadline, sync)
-                comp = summarize(warm, times, tokens, fpt * tokens, peak)
-                comp["first_step_s"] = warm[0]  # includes compiling forward and backward
-                comp["peak_memory_bytes"] = (
-                    torch.cuda.max_memory_allocated(device) if cuda else None
-                )
-                comp["speedup_vs_eager"] = eager["step_s"] / comp["step_s"]
-                comp["dynamo"] = _graph_stats()
-                _note_cut(cuts, "compiled", warm, times, args, max(1, args.warmup))
-                print(
-                    f"full depth, compiled per block: {_fmt(comp, comp['peak_memory_bytes'])}, "
-                    f"first step {comp['first_step_s']:.1f} s, x{comp['speedup_vs_eager']:.3f} "
-                    "vs eager"
-                )
-            except Exception as exc:  # any compiler failure is recorded, the run goes on
-                comp = {"error": _one_line(exc)}
-                print(f"full depth, compiled per block: failed ({comp['error']})")
-            out["compiled"] = comp
-    except _TimeUp:
-        _set_alarm(0)
-        cuts.append(f"time limit reached during {phase}; later parts not run")
-        if phase == "depths":
-            out["depths"] = _depth_table(rows, n_layers)
-        elif phase == "compiled":
-            out["compiled"] = {"error": "time limit reached while compiling or measuring"}
-    finally:
-        _set_alarm(0)
-
+def _finish(b: Bench, start: float, json_path: Path | None) -> tuple[int, dict]:
+    """Closing lines and the JSON; exit 1 when not even the eager phase finished."""
+    args, out, cuts = b.args, b.out, b.cuts
     out["wall_s"] = time.perf_counter() - start
     print(f"cut: {'; '.join(cuts) if cuts else 'nothing'}")
     print(f"wall {out['wall_s']:.1f} s of the {args.time_limit:g} s limit")
