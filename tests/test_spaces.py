@@ -10,7 +10,7 @@ import sys
 import optuna
 import pytest
 
-from progtune.config import resolve
+from progtune.config import flatten, resolve
 from progtune.search_state import objective
 from progtune.spaces import (
     SHIPPED,
@@ -26,17 +26,35 @@ from progtune.spaces import (
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def _proposed_knobs(space, base, n: int, seed: int) -> set[str]:
+    """The knobs a space's define() sets over n random draws (what the space searches)."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    knobs: set[str] = set()
+    for _ in range(n):
+        trial = study.ask()
+        knobs |= set(call_define(space, trial, base, {}))
+        study.tell(trial, 0.0)
+    return knobs
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 @pytest.mark.parametrize("preset", ["tiny", "cpu-small", "gpt2-base"])
 def test_every_shipped_space_draws_valid_configs(name, preset):
+    """12 draws are valid configs in which every knob the space searches takes several values
+    (a space or sampler stuck on one point would pass validation alone)."""
     base = resolve(preset)
     space = load_space(name)
     assert space.doc, "every space states its question and budget in a docstring"
     configs = sample_configs(space, base, {}, 12, seed=3)
     assert len(configs) == 12
-    for cfg in configs:  # sample_configs validates; check the invariants again explicitly
-        assert cfg.stages.unique_layers[-1] == base.model.n_layers
-        assert len(cfg.stages.boundaries) == len(cfg.stages.unique_layers) - 1
+    flats = [flatten(cfg) for cfg in configs]
+    searched = _proposed_knobs(space, base, 12, seed=3)
+    assert searched, "a space that sets no knob searches nothing"
+    for knob in sorted(searched):
+        if knob == "stages.unique_layers" and len(unique_layer_schedules(base.model.n_layers)) < 2:
+            continue  # one schedule ends at L = 2 (1-2): nothing to choose
+        values = {f[knob] for f in flats}
+        assert len(values) >= 2, f"{name} on {preset}: {knob} is always {values}"
 
 
 def test_pinned_knobs_are_not_searched():
@@ -212,9 +230,50 @@ def test_every_starting_point_is_checked_before_anything_is_written(tmp_path):
     assert not (tmp_path / "res").exists()
 
 
+_DRY_RUN = (
+    "import sys; from progtune.cli import main; code = main(sys.argv[1:]); "
+    "print('ray imported:', 'ray' in sys.modules); sys.exit(code)"
+)
+
+
+def _flops_per_token(m, vocab: int, depth: int) -> float:
+    """README "What each number means", GPT-2: 3 x [d x (24 h^2 + 4 n_ctx h) + 2 h V]."""
+    h = m.d_model
+    return 3.0 * (depth * (24 * h * h + 4 * m.seq_len * h) + 2 * h * vocab)
+
+
 def test_dry_run_prints_configs_and_totals(tmp_path, monkeypatch):
+    """The reference, then each draw in order with its planned FLOPs, then the total; no Ray."""
+    from progtune.budget import planned_flops
+    from progtune.train_cli import describe
+
     monkeypatch.setenv("PROGTUNE_CACHE", str(tmp_path / "cache"))
-    out = _cli("search", "--dry-run", "--preset", "tiny", "--num-samples", "3", cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", _DRY_RUN, "search", "--dry-run", "--preset", "tiny",
+         "--num-samples", "3"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert "reference:" in out.stdout and "trial 2:" in out.stdout and "total:" in out.stdout
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "ray imported: False"  # the dry run starts (and imports) no Ray
+    rows = [ln.split(":", 1) for ln in lines if re.match(r"\s*(reference|trial \d+|total):", ln)]
+    assert [label.strip() for label, _ in rows] == [
+        "reference", "trial 0", "trial 1", "trial 2", "total",
+    ]  # fmt: skip
+    printed = [float(text.split()[0]) for _, text in rows]
+    base = resolve("tiny")
+    m, tokens, vocab = base.model, base.budget.tokens, base.data.vocab_size
+    # The reference trains from scratch at full depth; the apollo space starts with growth
+    # without depth sampling (d = k): 1 block for the first half of the tokens, then 2.
+    assert printed[0] == float(f"{tokens * _flops_per_token(m, vocab, 2):.3e}")
+    assert "unique blocks 1-2 at 50 %, depth sampler none" in rows[1][1]
+    half = tokens // 2
+    growth = half * _flops_per_token(m, vocab, 1) + half * _flops_per_token(m, vocab, 2)
+    assert printed[1] == float(f"{growth:.3e}")
+    # Every trial line is the space's draw of that rank (search seed 0), with its planned FLOPs.
+    draws = sample_configs(load_space("apollo"), base, {}, 3, seed=0)
+    for (_, text), cfg in zip(rows[1:4], draws, strict=True):
+        assert text.startswith(f" {planned_flops(cfg, vocab):.3e} FLOPs, ~"), text
+        assert text.endswith(describe(cfg)), text
+    assert printed[-1] == pytest.approx(sum(printed[:-1]), rel=1e-3)
     assert not (tmp_path / "results").exists()
