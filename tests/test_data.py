@@ -234,6 +234,30 @@ def test_corrupt_cache_is_rebuilt(tmp_path, caplog):
             np.testing.assert_array_equal(z["train"], good.train)
 
 
+class _RunsOnLoad:
+    """Pickles as a call to os.mkdir(path): unpickling it runs code (a harmless stand-in)."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def test_token_cache_with_pickled_objects_is_rebuilt_without_unpickling(tmp_path):
+    write_docs(tmp_path / "corpus", 6)
+    s = settings(corpus=str(tmp_path / "corpus"))
+    good = prepare_data(s, tmp_path / "c")
+    path = tmp_path / "c" / f"tokens-{good.fingerprint}.npz"
+    ran = tmp_path / "code-ran"
+    evil = np.array([_RunsOnLoad(ran)], dtype=object)
+    with open(path, "wb") as f:  # every member an object array: any one read would run it
+        np.savez(f, meta=evil, train=evil, val=evil, tokenizer=evil)
+    again = prepare_data(s, tmp_path / "c")
+    assert not ran.exists()
+    assert_same(good, again)  # the cache entry was rebuilt from the corpus
+
+
 def test_local_tokenizer_file_and_folder(tmp_path, monkeypatch):
     write_docs(tmp_path / "corpus", 6)
     first = prepare_data(settings(corpus=str(tmp_path / "corpus")), tmp_path / "c")

@@ -6,6 +6,7 @@ import bisect
 import itertools
 import json
 import math
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +244,18 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(
         train(cfg, data=tiny_data, resume_from=tmp_path / "missing")
 
 
+class _RunsOnLoad:
+    """Pickles as a call to os.mkdir(path): unpickling it runs code (a harmless stand-in)."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.path,))
+
+
 def test_checkpoint_loads_without_arbitrary_unpickling(
     tiny_cfg: Config, tiny_data, tmp_path: Path
 ) -> None:
@@ -251,10 +264,21 @@ def test_checkpoint_loads_without_arbitrary_unpickling(
     files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert CHECKPOINT_FILE in files
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
-    payload = torch.load(tmp_path / "ckpt" / CHECKPOINT_FILE, weights_only=True)
+    payload = load_checkpoint(tmp_path / "ckpt")  # progtune's own loader
     assert payload["k"] == 2 and isinstance(payload["state"], str)
     model = ProgressiveLM(cfg.model, tiny_data.vocab_size, payload["k"], cfg.growth.operator)
     model.load_state_dict(payload["model"])  # the weights alone rebuild the model
+    # A checkpoint that smuggles a callable in: the loader and a resumed run refuse it, and
+    # nothing it names runs.
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    ran = tmp_path / "code-ran"
+    torch.save({**payload, "state": _RunsOnLoad(ran)}, evil / CHECKPOINT_FILE)
+    with pytest.raises((pickle.UnpicklingError, ProgtuneError)):
+        load_checkpoint(evil)
+    with pytest.raises((pickle.UnpicklingError, ProgtuneError)):
+        train(cfg, data=tiny_data, resume_from=evil)
+    assert not ran.exists()
 
 
 # ---------------------------------------------------------------------------- stop / diverge
