@@ -1,7 +1,8 @@
 """Driver-side bookkeeping of a search: curves, trial rows, target, objective, Parquet writes.
 
-No Ray here: the Tune callback and searcher in tuning.py feed this object, and it can be rebuilt
-from the experiment's Parquet files after the driver died (`--resume`).
+No Ray here: the Tune callbacks (search_callbacks.py) and the searcher (optuna_searcher.py) feed
+this object, and it can be rebuilt from the experiment's Parquet files after the driver died
+(`--resume`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,139 @@
+"""Optuna glue: the searcher that tells Optuna how each trial ended, and how it is made.
+
+Tune pickles the searcher (its experiment checkpoint, read back by `--resume`) and the
+define-by-run function; neither pickles the driver's live objects (the results state, the
+space's user code): on resume the driver builds a fresh searcher, and Tune restores the saved
+trial bookkeeping into it.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from progtune.config import Config
+from progtune.search_state import SearchSettings, SearchState
+from progtune.spaces import Space, call_define, enqueue_starts
+
+# Bound to this driver's live objects: a restored state keeps the current ones. The results state
+# is never pickled; the define function pickles without the space's user code.
+_LIVE = ("search_state", "_space")
+
+
+class SpaceDefine:
+    """The define-by-run function handed to OptunaSearch: the space's define, pinned knobs last."""
+
+    def __init__(self, space: Space, base: Config, pinned: dict[str, Any]):
+        self.space, self.base, self.pinned = space, base, pinned
+
+    def __call__(self, trial: Any) -> dict:
+        return call_define(self.space, trial, self.base, self.pinned)
+
+    def __getstate__(self) -> dict:
+        # A user's space file is not importable by name in another process: never pickled.
+        return {**self.__dict__, "space": None}
+
+
+class ProgtuneOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna the truth about how a trial ended.
+
+    Tune calls on_trial_complete with the last result both for finished trials and for
+    trials a scheduler stopped; only our trainable's final report carries final=True, so
+    anything else is PRUNED (never COMPLETE with a partial value), errors are FAIL, and the
+    value is computed by the driver from the whole curve (FLOPs to target or the surrogate).
+    A trial finishing before the reference run set the target is told once it is known.
+    """
+
+    def __init__(self, *args: Any, search_state: SearchState, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.search_state = search_state
+        self.pending: list[str] = []
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        return None  # progtune does not use Optuna's pruners: nothing to report mid-trial
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if error or not (result or {}).get("final"):
+            state = TrialState.FAIL if error else TrialState.PRUNED
+            self._tell(trial_id, None, state)
+            return
+        value = self.search_state.objective_of(trial_id)
+        if value is None:
+            self.pending.append(trial_id)  # the target is not known yet
+            return
+        self._tell(trial_id, value, TrialState.COMPLETE)
+
+    def tell_pending(self) -> None:
+        """Tell the trials that finished before the target was known (FAIL if it never was)."""
+        for trial_id in list(self.pending):
+            value = self.search_state.objective_of(trial_id)
+            if value is None:
+                self._tell(trial_id, None, TrialState.FAIL)  # no target: nothing to rank
+            else:
+                self._tell(trial_id, value, TrialState.COMPLETE)
+            self.pending.remove(trial_id)
+
+    def _tell(self, trial_id: str, value: float | None, state: TrialState) -> None:
+        ok = value is None or math.isfinite(value)
+        try:
+            self._ot_study.tell(
+                self._ot_trials[trial_id],
+                value if ok and value is not None else None,
+                state=state if ok else TrialState.FAIL,
+            )
+        except Exception as exc:  # keep the search going, like the base class
+            optuna.logging.get_logger("progtune").warning(f"tell failed: {exc}")
+        self._completed_trials.add(trial_id)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "search_state": None}
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            saved = pickle.load(f)
+        self.__dict__.update({k: v for k, v in saved.items() if k not in _LIVE})
+
+
+def make_searcher(
+    settings: SearchSettings, state: SearchState, journal_path: str | None
+) -> ProgtuneOptunaSearch:
+    """The seeded TPE searcher over the settings' space, its study in `journal_path` if given."""
+    storage = None
+    if journal_path:
+        storage = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(journal_path)
+        )
+    startup = max(2, min(10, settings.num_samples // 2))
+    sampler = optuna.samplers.TPESampler(
+        seed=settings.search_seed,
+        multivariate=True,
+        group=True,  # conditional spaces: sample the knobs of each branch together
+        n_startup_trials=startup,
+        constant_liar=True,  # concurrent trials do not all propose the same point
+    )
+    searcher = ProgtuneOptunaSearch(
+        space=SpaceDefine(settings.space, settings.base, settings.pinned),
+        metric="objective",
+        mode="min",
+        sampler=sampler,
+        storage=storage,
+        study_name=settings.name,
+        search_state=state,
+    )
+    # The space's starting points come first (Ray's points_to_evaluate would queue them again
+    # on a journal that already has them; skip_if_exists does not).
+    enqueue_starts(searcher._ot_study, settings.space, settings.base, settings.pinned)
+    return searcher

@@ -1,0 +1,150 @@
+"""The state of one running search, owned by the driver: `Search`, and the reference run it holds.
+
+The driver creates one `Search` and hands it to the Tune callbacks by construction; the
+searcher gets only the results state. Trials never see it: they get `Search.setup`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import TYPE_CHECKING, Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from progtune.budget import planned_flops
+from progtune.config import Config, flatten
+from progtune.search_state import SearchSettings, SearchState, reference_config
+from progtune.trial_trainable import TargetBoard, TrialSetup, reference_task, trial_config
+
+if TYPE_CHECKING:
+    from progtune.optuna_searcher import ProgtuneOptunaSearch
+
+_LIVE_ROWS_EVERY_S = 5.0  # how often the reference run's live rows are read while it runs
+
+
+class Search:
+    """Settings, trial setup, results state, searcher and the pending reference run."""
+
+    def __init__(self, settings: SearchSettings, setup: TrialSetup, state: SearchState):
+        self.settings, self.setup, self.state = settings, setup, state
+        self.searcher: ProgtuneOptunaSearch | None = None  # None for fixed-point spaces
+        self.reference: Any = None  # the reference task's ObjectRef while it runs
+        self._last_poll = 0.0  # when the reference's live rows were last read
+
+    def trial_config(self, tune_config: dict) -> Config:
+        return trial_config(tune_config, self.setup)
+
+    def start_trial(self, trial_id: str, tune_config: dict) -> None:
+        """Record a trial the first time the driver hears of it."""
+        cfg = self.trial_config(tune_config)
+        planned = planned_flops(cfg, self.state.vocab_size)
+        self.state.start(trial_id, self.settings.role, cfg, planned, dt.datetime.now(dt.UTC))
+
+    # ------------------------------------------------------------------ reference run
+    def start_or_reuse_reference(self, data: Any, gpus: float) -> None:
+        """Reuse a finished reference on record, else start it as a task beside the trials.
+
+        It holds one trial slot, so no slot idles while it runs.
+        """
+        ref = self.state.reference
+        if ref is not None and ref.status == "completed":
+            target = self.state.target
+            print(f"reusing the finished reference run: target loss {target:.4f}", flush=True)
+            self.publish_target()
+            return
+        ref_cfg = reference_config(self.settings.base)
+        self.state.trials.pop("reference", None)
+        planned = planned_flops(ref_cfg, self.state.vocab_size)
+        self.state.start("reference", "reference", ref_cfg, planned, dt.datetime.now(dt.UTC))
+        task = ray.remote(reference_task).options(
+            num_cpus=self.settings.cpus_per_trial, num_gpus=gpus, max_retries=2
+        )
+        self.reference = task.remote(flatten(ref_cfg), data, self.setup.threads, self.setup.board)
+        print("reference run (from scratch, full depth) started beside the trials", flush=True)
+
+    def poll_reference(self) -> None:
+        """When the reference task is done: record it, publish the target, tell pending trials."""
+        if self.reference is None:
+            return
+        done, _ = ray.wait([self.reference], timeout=0)
+        if not done:
+            if time.monotonic() - self._last_poll > _LIVE_ROWS_EVERY_S:
+                self._last_poll = time.monotonic()
+                self._take_live_rows()
+            return
+        ref, self.reference = self.reference, None
+        try:
+            out = ray.get(ref)
+            for row in out["curve"]:
+                self.state.add_row("reference", row)
+            self.state.finish("reference", out["status"], out["final"])
+        except Exception as exc:  # the reference failed: no target, trials still record curves
+            self.state.finish("reference", "failed", None, error=str(exc).splitlines()[0][:500])
+        self.state.write(force=True)
+        self.publish_target()
+
+    def _take_live_rows(self) -> None:
+        try:
+            rows = ray.get(self.setup.board.take_rows.remote(), timeout=30)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            rows = []  # live rows are a convenience: the task returns the whole curve
+        for row in rows:
+            self.state.add_row("reference", row)
+
+    def publish_target(self) -> None:
+        self.setup.board.set.remote(self.state.target)
+        self.tell_pending()
+
+    def tell_pending(self) -> None:
+        if self.searcher is not None:
+            self.searcher.tell_pending()
+
+    def wait_for_reference(self) -> None:
+        """The reference may still be running when the last trial ends: wait for it."""
+        while self.reference is not None:
+            time.sleep(1.0)
+            self.poll_reference()
+
+    def cancel_reference(self) -> None:
+        """Stop a running reference run and forget it (an interrupted search reruns it)."""
+        if self.reference is not None:
+            ray.cancel(self.reference, force=True)
+            self.reference = None
+            self.state.trials.pop("reference", None)
+
+
+def open_search(settings: SearchSettings, vocab_size: int, threads: int) -> Search:
+    """The results state (loaded on resume and for confirm runs), the board and trial setup."""
+    state = SearchState(settings.exp_uri, settings.name, vocab_size, settings.target_loss)
+    if settings.resume or settings.role == "confirm":
+        state.load()  # a confirm run adds its trials to the experiment's results
+    # On the driver's node (it lives as long as the driver), restarted if its process dies;
+    # its handle travels to the trials and the reference task.
+    board = TargetBoard.options(
+        max_restarts=-1,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=False
+        ),
+    ).remote()
+    eval_at_flops = None
+    if settings.scheduler == "asha":  # evaluate where ASHA's rungs decide
+        eval_at_flops = asha_rungs(reference_config(settings.base), vocab_size)
+    setup = TrialSetup(
+        base=flatten(settings.base),
+        pinned=settings.pinned,
+        points=settings.points,
+        threads=threads,
+        stop_at_target=settings.stop_at_target,
+        target_loss=settings.target_loss,
+        board=board,
+        eval_at_flops=eval_at_flops,
+    )
+    return Search(settings, setup, state)
+
+
+def asha_rungs(reference: Config, vocab_size: int) -> list[float]:
+    """ASHA's milestones in cumulative FLOPs: 1/8, 1/4, 1/2 and all of a scratch budget."""
+    full = planned_flops(reference, vocab_size)
+    return [full / 8, full / 4, full / 2, full]
