@@ -50,22 +50,13 @@ def _write_yaml(cfg: Config, path: Path) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """`progtune train`: resolve the config, train in the output folder, write its Parquet."""
     from progtune.data import prepare_data
-    from progtune.results import write_curves, write_trials
-    from progtune.summary import trial_row
-    from progtune.train import train
 
     cfg = resolve(args.preset, args.config, parse_assignments(args.overrides))
     out = Path(args.out or f"runs/{args.preset or 'cpu-small'}-{config_hash(cfg)[:8]}")
     ckpt = out / CHECKPOINT_SUBDIR
-    if args.resume and not (ckpt / "state.pt").is_file():
-        raise ProgtuneError(f"nothing to resume in {out} (no checkpoint); drop --resume to start")
-    if not args.resume and ((out / "trials.parquet").exists() or ckpt.exists()):
-        raise ProgtuneError(
-            f"{out} already holds a run; pass --resume to continue it or choose another --out"
-        )
-    if args.export and Path(args.export).exists() and any(Path(args.export).iterdir()):
-        raise ProgtuneError(f"--export folder {args.export} is not empty; choose a new folder")
+    _check_output_folders(args, out, ckpt)
 
     print(f"progtune train: {describe(cfg)}", flush=True)
     t0 = time.perf_counter()
@@ -79,13 +70,45 @@ def run_train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     _write_yaml(cfg, out / "config.yaml")
     started = dt.datetime.now(dt.UTC)
+    result = _train_or_say_how_to_resume(args, cfg, data, out, ckpt)
+    _write_results(cfg, result, out, started)
+    if args.export:
+        export_model(cfg, data, ckpt, Path(args.export))
+        print(f"exported the final model to {args.export}")
+    print(
+        f"{result.status}: final held-out loss {result.final_eval_loss}, "
+        f"{result.total_flops:.3e} training FLOPs, {result.total_tokens:,} tokens, "
+        f"train {result.total_wall_s:.1f}s + eval {result.eval_wall_s:.1f}s + "
+        f"checkpoints {result.checkpoint_wall_s:.1f}s\nresults: {out}/trials.parquet, "
+        f"{out}/curves.parquet"
+    )
+    return 0 if result.status == "completed" else 1
+
+
+def _check_output_folders(args: argparse.Namespace, out: Path, ckpt: Path) -> None:
+    """Refuse, before any work, to resume nothing, to overwrite a run or to export into files."""
+    if args.resume and not (ckpt / "state.pt").is_file():
+        raise ProgtuneError(f"nothing to resume in {out} (no checkpoint); drop --resume to start")
+    if not args.resume and ((out / "trials.parquet").exists() or ckpt.exists()):
+        raise ProgtuneError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    if args.export and Path(args.export).exists() and any(Path(args.export).iterdir()):
+        raise ProgtuneError(f"--export folder {args.export} is not empty; choose a new folder")
+
+
+def _train_or_say_how_to_resume(
+    args: argparse.Namespace, cfg: Config, data: Any, out: Path, ckpt: Path
+) -> Any:
+    """Train with progress lines; on Ctrl-C print the command that resumes, then re-raise."""
+    from progtune.train import train
 
     def report(row: dict[str, Any], checkpoint: Path | None) -> None:
         if not args.quiet:
             print(progress_line(row), flush=True)
 
     try:
-        result = train(
+        return train(
             cfg,
             report,
             data=data,
@@ -102,6 +125,13 @@ def run_train(args: argparse.Namespace) -> int:
             f"\ninterrupted; continue from the last checkpoint with:\n  {resume}", file=sys.stderr
         )
         raise
+
+
+def _write_results(cfg: Config, result: Any, out: Path, started: dt.datetime) -> None:
+    """The run's curve and its one trial row, as Parquet in `out` (experiment = folder name)."""
+    from progtune.results import write_curves, write_trials
+    from progtune.summary import trial_row
+
     experiment = out.name
     curve = [{"experiment": experiment, "trial_id": "train", **r} for r in result.curve]
     row = trial_row(
@@ -109,17 +139,6 @@ def run_train(args: argparse.Namespace) -> int:
     )
     write_curves(curve, out / "curves.parquet")
     write_trials([row], out / "trials.parquet")
-    if args.export:
-        export_model(cfg, data, ckpt, Path(args.export))
-        print(f"exported the final model to {args.export}")
-    print(
-        f"{result.status}: final held-out loss {result.final_eval_loss}, "
-        f"{result.total_flops:.3e} training FLOPs, {result.total_tokens:,} tokens, "
-        f"train {result.total_wall_s:.1f}s + eval {result.eval_wall_s:.1f}s + "
-        f"checkpoints {result.checkpoint_wall_s:.1f}s\nresults: {out}/trials.parquet, "
-        f"{out}/curves.parquet"
-    )
-    return 0 if result.status == "completed" else 1
 
 
 def export_model(cfg: Config, data: Any, checkpoint: Path, dest: Path) -> None:
