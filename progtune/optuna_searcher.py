@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import pickle
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 from optuna.trial import TrialState
@@ -21,8 +21,18 @@ from progtune.search_state import SearchSettings, SearchState
 from progtune.spaces import Space, call_define, enqueue_starts
 
 # Bound to this driver's live objects: a restored state keeps the current ones. The results state
-# is never pickled; the define function pickles without the space's user code.
-_LIVE = ("search_state", "_space")
+# and the gate are never pickled; the define function pickles without the space's user code.
+_LIVE = ("search_state", "gate", "_space")
+# What TPE counts towards its start-up trials (RUNNING too: constant_liar).
+_STARTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+class ProposalGate(Protocol):
+    """The driver's side of a proposal: free slots, and news of the reference run."""
+
+    def trial_capacity(self) -> int: ...
+
+    def poll_reference(self) -> None: ...
 
 
 class SpaceDefine:
@@ -47,12 +57,40 @@ class ProgtuneOptunaSearch(OptunaSearch):
     anything else is PRUNED (never COMPLETE with a partial value), errors are FAIL, and the
     value is computed by the driver from the whole curve (FLOPs to target or the surrogate).
     A trial finishing before the reference run set the target is told once it is known.
+
+    Proposals see results: a trial is proposed only into a free slot (the gate's capacity), and
+    once the start-up trials are used up, only when every finished trial has been told; until
+    then `suggest` returns None and Tune asks again later.
     """
 
-    def __init__(self, *args: Any, search_state: SearchState, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        search_state: SearchState,
+        gate: ProposalGate | None = None,
+        startup_trials: int = 0,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
-        self.search_state = search_state
-        self.pending: list[str] = []
+        self.search_state, self.gate, self.startup_trials = search_state, gate, startup_trials
+        self.pending: list[str] = []  # finished, waiting for the target to be told
+
+    def suggest(self, trial_id: str) -> dict | None:
+        return super().suggest(trial_id) if self._may_propose() else None
+
+    def _may_propose(self) -> bool:
+        if self.gate is not None:
+            self.gate.poll_reference()  # Tune may wait in here for a trial, its loop not stepping
+        if self.pending and self.search_state.target is not None:
+            self.tell_pending()  # e.g. trials left pending by the run a --resume continues
+        if self.gate is not None:
+            told = self._completed_trials | set(self.pending)
+            if sum(1 for t in self._ot_trials if t not in told) >= self.gate.trial_capacity():
+                return False
+        if not self.pending:
+            return True
+        started = self._ot_study.get_trials(deepcopy=False, states=_STARTED)
+        return len(started) < self.startup_trials  # random draws need no results
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         return None  # progtune does not use Optuna's pruners: nothing to report mid-trial
@@ -62,9 +100,12 @@ class ProgtuneOptunaSearch(OptunaSearch):
     ) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        if error or not (result or {}).get("final"):
-            state = TrialState.FAIL if error else TrialState.PRUNED
-            self._tell(trial_id, None, state)
+        if error:
+            self._tell(trial_id, None, TrialState.FAIL)
+            return
+        if not (result or {}).get("final"):
+            self._report_curve(trial_id)
+            self._tell(trial_id, None, TrialState.PRUNED)
             return
         value = self.search_state.objective_of(trial_id)
         if value is None:
@@ -82,6 +123,21 @@ class ProgtuneOptunaSearch(OptunaSearch):
                 self._tell(trial_id, value, TrialState.COMPLETE)
             self.pending.remove(trial_id)
 
+    def _report_curve(self, trial_id: str) -> None:
+        """A stopped trial's held-out losses as Optuna intermediate values (step = tokens)."""
+        if trial_id not in self.search_state.trials:
+            return
+        ot_trial, seen = self._ot_trials[trial_id], set()
+        for row in self.search_state.curve(trial_id):
+            loss, tokens = row.get("eval_loss"), row.get("tokens")
+            if isinstance(loss, float) and math.isfinite(loss) and tokens not in seen:
+                seen.add(tokens)
+                try:
+                    ot_trial.report(loss, step=int(tokens))
+                except Exception as exc:  # keep the search going
+                    optuna.logging.get_logger("progtune").warning(f"report failed: {exc}")
+                    return
+
     def _tell(self, trial_id: str, value: float | None, state: TrialState) -> None:
         ok = value is None or math.isfinite(value)
         try:
@@ -95,7 +151,7 @@ class ProgtuneOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "search_state": None}
+        return {**self.__dict__, "search_state": None, "gate": None}
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -108,9 +164,15 @@ class ProgtuneOptunaSearch(OptunaSearch):
 
 
 def make_searcher(
-    settings: SearchSettings, state: SearchState, journal_path: str | None
+    settings: SearchSettings,
+    state: SearchState,
+    journal_path: str | None,
+    gate: ProposalGate | None = None,
 ) -> ProgtuneOptunaSearch:
-    """The seeded TPE searcher over the settings' space, its study in `journal_path` if given."""
+    """The seeded TPE searcher over the settings' space, its study in `journal_path` if given.
+
+    `gate`: the driver's slots and reference run (None: propose whenever Tune asks).
+    """
     storage = None
     if journal_path:
         storage = optuna.storages.JournalStorage(
@@ -132,6 +194,8 @@ def make_searcher(
         storage=storage,
         study_name=settings.name,
         search_state=state,
+        gate=gate,
+        startup_trials=startup,
     )
     # The space's starting points come first (Ray's points_to_evaluate would queue them again
     # on a journal that already has them; skip_if_exists does not).

@@ -35,15 +35,43 @@ def start_ray(settings: SearchSettings, tmp_root: str | None) -> str:
     )
 
 
+def _autoscaler_config() -> dict | None:
+    """The autoscaler's config on a `ray up` head node (None elsewhere)."""
+    bootstrap = os.path.expanduser("~/ray_bootstrap_config.yaml")
+    if not os.path.exists(bootstrap):
+        return None
+    import yaml
+
+    with open(bootstrap) as f:
+        return yaml.safe_load(f) or {}
+
+
 def cluster_can_have_gpus() -> bool:
     """GPUs now, or GPU worker types in the autoscaler's config (a `ray up` head node)."""
     if ray.cluster_resources().get("GPU", 0) > 0:
         return True
-    bootstrap = os.path.expanduser("~/ray_bootstrap_config.yaml")
-    if os.path.exists(bootstrap):
-        import yaml
+    types = (_autoscaler_config() or {}).get("available_node_types", {})
+    return any(t.get("resources", {}).get("GPU", 0) > 0 for t in types.values())
 
-        with open(bootstrap) as f:
-            types = (yaml.safe_load(f) or {}).get("available_node_types", {})
-        return any(t.get("resources", {}).get("GPU", 0) > 0 for t in types.values())
-    return False
+
+def cluster_can_grow() -> bool:
+    """An autoscaling cluster with fewer worker nodes now than its config allows."""
+    config = _autoscaler_config()
+    if config is None:
+        return False
+    head = config.get("head_node_type")
+    types = config.get("available_node_types", {})
+    most = sum(int(t.get("max_workers", 0)) for name, t in types.items() if name != head)
+    if "max_workers" in config:
+        most = min(most, int(config["max_workers"])) if types else int(config["max_workers"])
+    workers = sum(1 for node in ray.nodes() if node.get("Alive")) - 1  # less the head
+    return workers < most
+
+
+def trial_slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """How many trials the cluster's resources hold at once now (0 when not even one fits)."""
+    res = ray.cluster_resources()
+    slots = int(res.get("CPU", 0) / cpus_per_trial + 1e-9)  # 1e-9: 3 x 0.1 CPU is 0.3
+    if gpus_per_trial > 0:
+        slots = min(slots, int(res.get("GPU", 0) / gpus_per_trial + 1e-9))
+    return slots

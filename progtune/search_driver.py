@@ -7,6 +7,7 @@ searcher gets only the results state. Trials never see it: they get `Search.setu
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from progtune.budget import planned_flops
 from progtune.config import Config, flatten
+from progtune.ray_cluster import cluster_can_grow, trial_slots
 from progtune.search_state import SearchSettings, SearchState, reference_config
 from progtune.trial_trainable import TargetBoard, TrialSetup, reference_task, trial_config
 
@@ -22,16 +24,21 @@ if TYPE_CHECKING:
     from progtune.optuna_searcher import ProgtuneOptunaSearch
 
 _LIVE_ROWS_EVERY_S = 5.0  # how often the reference run's live rows are read while it runs
+_SLOTS_EVERY_S = 10.0  # how often the cluster's resources are read again (it may grow)
 
 
 class Search:
     """Settings, trial setup, results state, searcher and the pending reference run."""
 
-    def __init__(self, settings: SearchSettings, setup: TrialSetup, state: SearchState):
+    def __init__(
+        self, settings: SearchSettings, setup: TrialSetup, state: SearchState, gpus: float
+    ):
         self.settings, self.setup, self.state = settings, setup, state
+        self.gpus_per_trial = gpus
         self.searcher: ProgtuneOptunaSearch | None = None  # None for fixed-point spaces
         self.reference: Any = None  # the reference task's ObjectRef while it runs
         self._last_poll = 0.0  # when the reference's live rows were last read
+        self._slots, self._slots_read = 1, -math.inf  # cluster slots, and when last read
 
     def trial_config(self, tune_config: dict) -> Config:
         return trial_config(tune_config, self.setup)
@@ -42,8 +49,23 @@ class Search:
         planned = planned_flops(cfg, self.state.vocab_size)
         self.state.start(trial_id, self.settings.role, cfg, planned, dt.datetime.now(dt.UTC))
 
+    def trial_capacity(self) -> int:
+        """How many search trials may train at once now (the searcher proposes into free ones).
+
+        `--max-concurrent` if given; else the trials the cluster's resources hold now, plus one
+        while an autoscaling cluster can still grow (a pending trial makes it grow), less the
+        slot the reference run holds while it runs; at least 1.
+        """
+        if self.settings.max_concurrent:
+            return self.settings.max_concurrent
+        if time.monotonic() - self._slots_read > _SLOTS_EVERY_S:
+            self._slots = trial_slots(self.settings.cpus_per_trial, self.gpus_per_trial)
+            self._slots += 1 if cluster_can_grow() else 0
+            self._slots_read = time.monotonic()
+        return max(1, self._slots - (1 if self.reference is not None else 0))
+
     # ------------------------------------------------------------------ reference run
-    def start_or_reuse_reference(self, data: Any, gpus: float) -> None:
+    def start_or_reuse_reference(self, data: Any) -> None:
         """Reuse a finished reference on record, else start it as a task beside the trials.
 
         It holds one trial slot, so no slot idles while it runs.
@@ -59,7 +81,7 @@ class Search:
         planned = planned_flops(ref_cfg, self.state.vocab_size)
         self.state.start("reference", "reference", ref_cfg, planned, dt.datetime.now(dt.UTC))
         task = ray.remote(reference_task).options(
-            num_cpus=self.settings.cpus_per_trial, num_gpus=gpus, max_retries=2
+            num_cpus=self.settings.cpus_per_trial, num_gpus=self.gpus_per_trial, max_retries=2
         )
         self.reference = task.remote(flatten(ref_cfg), data, self.setup.threads, self.setup.board)
         print("reference run (from scratch, full depth) started beside the trials", flush=True)
@@ -115,7 +137,7 @@ class Search:
             self.state.trials.pop("reference", None)
 
 
-def open_search(settings: SearchSettings, vocab_size: int, threads: int) -> Search:
+def open_search(settings: SearchSettings, vocab_size: int, threads: int, gpus: float) -> Search:
     """The results state (loaded on resume and for confirm runs), the board and trial setup."""
     state = SearchState(settings.exp_uri, settings.name, vocab_size, settings.target_loss)
     if settings.resume or settings.role == "confirm":
@@ -141,7 +163,7 @@ def open_search(settings: SearchSettings, vocab_size: int, threads: int) -> Sear
         board=board,
         eval_at_flops=eval_at_flops,
     )
-    return Search(settings, setup, state)
+    return Search(settings, setup, state, gpus)
 
 
 def asha_rungs(reference: Config, vocab_size: int) -> list[float]:

@@ -49,8 +49,9 @@ def _fit(settings: SearchSettings, data: Any) -> tuple[int, SearchState]:
     gpus = settings.gpus_per_trial
     if gpus is None:
         gpus = 1.0 if cluster_can_have_gpus() else 0.0
-    search = open_search(settings, data.vocab_size, threads=max(1, int(settings.cpus_per_trial)))
-    search.start_or_reuse_reference(data, gpus)
+    threads = max(1, int(settings.cpus_per_trial))
+    search = open_search(settings, data.vocab_size, threads, gpus)
+    search.start_or_reuse_reference(data)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=data, setup=search.setup),
         {"cpu": settings.cpus_per_trial, "gpu": gpus},
@@ -108,7 +109,9 @@ def _search_alg(search: Search) -> ConcurrencyLimiter | None:
     journal = os.path.join(local_exp, "optuna.journal") if local_exp else None
     if local_exp:
         os.makedirs(local_exp, exist_ok=True)
-    search.searcher = make_searcher(settings, search.state, journal)
+    search.searcher = make_searcher(settings, search.state, journal, gate=search)
+    # The searcher proposes only into free slots (Search.trial_capacity); this bound only sizes
+    # how many proposed trials Tune may hold waiting for resources (Ray 2.60 takes it from here).
     limit = settings.max_concurrent or max(1, settings.num_samples)
     return ConcurrencyLimiter(search.searcher, max_concurrent=limit)
 
