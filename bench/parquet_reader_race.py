@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from progtune.results import read_curves, write_curves
+from progtune.results import read_curves, read_parquet_one_open, write_curves
 
 
 def _rows(n: int) -> list[dict]:
@@ -43,15 +43,10 @@ def _complete(df: pd.DataFrame) -> bool:
     return [int(s) for s in df["step"]] == list(range(len(df)))
 
 
-def _pd_one_open(path: Path) -> pd.DataFrame:
-    with open(path, "rb") as f:
-        return pd.read_parquet(f)
-
-
 def race(seconds: float) -> dict[str, tuple[int, int, int]]:
     readers = {
         "progtune.results.read_curves(path)": read_curves,
-        'pd.read_parquet(open(path, "rb"))': _pd_one_open,
+        'pd.read_parquet(open(path, "rb"))': read_parquet_one_open,
         "pd.read_parquet(path)": pd.read_parquet,
     }
     out = {}

@@ -305,6 +305,18 @@ def read_curves(src: str | os.PathLike) -> pd.DataFrame:
     return _to_pandas(read_table(src, "curves"))
 
 
+def read_parquet_one_open(path: str | os.PathLike) -> pd.DataFrame:
+    """Plain `pd.read_parquet` of a local file through one open file: no checks, pandas' dtypes.
+
+    `pd.read_parquet(path)` opens a local path twice (footer, then data), so a rewrite in between
+    can mix two versions (bench/parquet_reader_race.py); one open file always holds one version.
+    """
+    import pandas as pd  # lazy: the training loop must not need pandas
+
+    with open(path, "rb") as f:
+        return pd.read_parquet(f)
+
+
 # ---------------------------------------------------------------------------- compute to target
 def _number(value: Any) -> float | None:
     """float64, or None for None / NaN / pd.NA / anything not a number."""

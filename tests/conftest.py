@@ -1,12 +1,17 @@
-"""Shared fixtures: the `tiny` preset and its prepared tokens, cached in a session temp folder."""
+"""Shared fixtures: the `tiny` preset and its prepared tokens, cached in a session temp folder;
+background searches and a `ray start` cluster for the slow multi-process tests."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from progtune.config import Config, resolve
+
+if TYPE_CHECKING:
+    from search_processes import Driver
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -56,3 +61,33 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def drivers():
+    """Start searches with drivers(tmp, *args); every one is stopped with its Ray at the end."""
+    from search_processes import Driver  # lazy: the fast suite never loads the fault harness
+
+    started: list[Driver] = []
+
+    def start(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Driver:
+        d = Driver(tmp, list(args), env)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture
+def ray_cluster():
+    """A `ray start` cluster on 127.0.0.1 (tests/ray_nodes.py): the test starts its head and
+    workers; every process of it is stopped at the end."""
+    from ray_nodes import Cluster
+
+    cluster = Cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -271,17 +271,15 @@ def test_parent_that_is_a_file_is_refused(tmp_path):
         results.write_curves(CURVE, tmp_path / "file" / "curves.parquet")
 
 
-def test_read_only_folder_is_refused(tmp_path):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
-    try:
-        if os.access(folder, os.W_OK):
-            pytest.skip("running as root: chmod does not stop writes")
-        with pytest.raises(ResultsError, match="ro"):
-            results.write_curves(CURVE, folder / "curves.parquet")
-    finally:
-        folder.chmod(0o755)
+def test_read_only_folder_is_refused():
+    """A folder nobody may create files in, root included: sysfs (EACCES; EROFS where /sys is
+    mounted read-only, as in containers). A chmod-0555 folder proves nothing as root (how CI
+    runs): root writes through it. Refused with the path named; nothing left behind."""
+    folder = Path("/sys/kernel")
+    before = sorted(os.listdir(folder))
+    with pytest.raises(ResultsError, match=r"cannot write results to /sys/kernel/curves\.parquet"):
+        results.write_curves(CURVE, folder / "curves.parquet")
+    assert sorted(os.listdir(folder)) == before
 
 
 # ---------------------------------------------------------------------------- bad input
