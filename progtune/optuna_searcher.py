@@ -169,7 +169,8 @@ def make_searcher(
     journal_path: str | None,
     gate: ProposalGate | None = None,
 ) -> ProgtuneOptunaSearch:
-    """The seeded TPE searcher over the settings' space, its study in `journal_path` if given.
+    """The seeded Optuna searcher (`--sampler`) over the settings' space; its study in
+    `journal_path` if given.
 
     `gate`: the driver's slots and reference run (None: propose whenever Tune asks).
     """
@@ -179,13 +180,7 @@ def make_searcher(
             optuna.storages.journal.JournalFileBackend(journal_path)
         )
     startup = max(2, min(10, settings.num_samples // 2))
-    sampler = optuna.samplers.TPESampler(
-        seed=settings.search_seed,
-        multivariate=True,
-        group=True,  # conditional spaces: sample the knobs of each branch together
-        n_startup_trials=startup,
-        constant_liar=True,  # concurrent trials do not all propose the same point
-    )
+    sampler = make_sampler(settings.sampler, settings.search_seed, startup)
     searcher = ProgtuneOptunaSearch(
         space=SpaceDefine(settings.space, settings.base, settings.pinned),
         metric="objective",
@@ -201,3 +196,24 @@ def make_searcher(
     # on a journal that already has them; skip_if_exists does not).
     enqueue_starts(searcher._ot_study, settings.space, settings.base, settings.pinned)
     return searcher
+
+
+SAMPLERS = ("tpe", "random", "qmc", "gp")  # `--sampler` choices; tpe is the default
+
+
+def make_sampler(name: str, seed: int, startup: int) -> optuna.samplers.BaseSampler:
+    """A seeded Optuna sampler by its `--sampler` name; model-based ones start with `startup`
+    random trials (the space's starting points count among them)."""
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "qmc":  # Sobol points: an even cover of the floats (categoricals drawn at random)
+        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    if name == "gp":  # Optuna's GPSampler needs scipy (checked by the search CLI before Ray)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    return optuna.samplers.TPESampler(
+        seed=seed,
+        multivariate=True,
+        group=True,  # conditional spaces: sample the knobs of each branch together
+        n_startup_trials=startup,
+        constant_liar=True,  # concurrent trials do not all propose the same point
+    )

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 SCHEMA_VERSION = 1
+# Nullable columns added within version 1: older files read with them empty.
+ADDED_COLUMNS = frozenset({"precision"})
 SCHEMA_KEY = b"progtune.schema_version"
 KIND_KEY = b"progtune.kind"
 KINDS = ("trials", "curves")
@@ -65,6 +67,7 @@ _TRIAL_TAIL = [
     *[(n, _str) for n in ("progtune_version", "git_sha", "config_hash", "data_fingerprint")],
     ("device", _str),
     ("threads", _i64),
+    ("precision", _str),  # what runtime.precision resolved to (bf16 | fp32); added in 0.2
     *[(f"{lib}_version", _str) for lib in ("python", "torch", "transformers", "ray", "optuna")],
     ("started_at", pa.timestamp("us", tz="UTC")),
 ]
@@ -213,12 +216,20 @@ def _read_part(fs: pafs.FileSystem, path: str, kind: str) -> pa.Table:
             f"{path} is not a readable Parquet file ({exc}); delete it or rerun the search"
         ) from exc
     try:
-        return table.cast(_schema_for(kind))
+        return _with_added_columns(table, _schema_for(kind)).cast(_schema_for(kind))
     except (ValueError, pa.ArrowException) as exc:
         raise ResultsError(
             f"{path} does not match the {kind} schema version {SCHEMA_VERSION} ({exc}); "
             "rewrite it with progtune"
         ) from exc
+
+
+def _with_added_columns(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Files written before a column was added to schema version 1 read with it empty (null)."""
+    missing = [f for f in schema if f.name in ADDED_COLUMNS and f.name not in table.column_names]
+    for f in missing:
+        table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    return table.select(schema.names) if missing else table
 
 
 def _check_metadata(metadata: Mapping[bytes, bytes], path: str, kind: str) -> None:

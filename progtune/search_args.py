@@ -134,7 +134,21 @@ def _search_control(p: argparse.ArgumentParser) -> None:
         default="none",
         help="early stopping: asha measured in cumulative FLOPs (default none)",
     )
-    p.add_argument("--search-seed", type=int, default=0, help="seed of Optuna's TPE sampler")
+    p.add_argument(
+        "--sampler",
+        choices=["tpe", "random", "qmc", "gp"],
+        default=None,
+        help="Optuna sampler proposing the trials (default tpe, or the resumed search's; "
+        "gp needs scipy)",
+    )
+    p.add_argument("--search-seed", type=int, default=0, help="seed of Optuna's sampler")
+    p.add_argument(
+        "--reference",
+        default=None,
+        metavar="EXPERIMENT",
+        help="reuse the finished reference run of EXPERIMENT (a name in --storage, or its "
+        "folder/URI); default: any matching one in --storage, else train one",
+    )
     p.add_argument(
         "--max-failures",
         type=int,

@@ -61,6 +61,7 @@ def run_search(args: argparse.Namespace) -> int:
         f"fingerprint {data.fingerprint}",
         flush=True,
     )
+    settings = _with_reference_to_reuse(settings, data)
     save_settings(settings, preset, config_file)
     print(
         f"experiment {settings.name}: space {settings.space.name}, "
@@ -84,3 +85,14 @@ def run_search(args: argparse.Namespace) -> int:
         resume += ["--storage", settings.storage]
         print(f"\ninterrupted; continue with:\n  {shlex.join(resume)}", file=sys.stderr)
     return code
+
+
+def _with_reference_to_reuse(settings: Any, data: Any) -> Any:
+    """`settings` naming a matching finished reference run in the same storage, if any
+    (`--reference` names one; a named one that does not match is bad input)."""
+    import dataclasses
+
+    from progtune.reference_reuse import expected_key, find_reference
+
+    source = find_reference(settings, expected_key(settings, data))
+    return dataclasses.replace(settings, reference_source=source)

@@ -6,6 +6,7 @@ searcher gets only the results state. Trials never see it: they get `Search.setu
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import time
@@ -76,6 +77,8 @@ class Search:
             print(f"reusing the finished reference run: target loss {target:.4f}", flush=True)
             self.publish_target()
             return
+        if self.settings.reference_source and self._copy_reference(self.settings.reference_source):
+            return
         ref_cfg = reference_config(self.settings.base)
         self.state.trials.pop("reference", None)
         planned = planned_flops(ref_cfg, self.state.vocab_size)
@@ -85,6 +88,26 @@ class Search:
         )
         self.reference = task.remote(flatten(ref_cfg), data, self.setup.threads, self.setup.board)
         print("reference run (from scratch, full depth) started beside the trials", flush=True)
+
+    def _copy_reference(self, source: str) -> bool:
+        """Take the matching reference run of experiment `source` (found by reference_reuse)."""
+        other = SearchState(
+            source, source.rstrip("/").rsplit("/", 1)[-1], self.state.vocab_size, None
+        )
+        other.load()
+        ref = other.reference
+        if ref is None or ref.status != "completed":
+            return False  # gone since the driver looked: train one
+        ref.t0 = None  # its slot time is in its final summary already
+        self.state.trials["reference"] = dataclasses.replace(ref, trial_id="reference")
+        self.state.write(force=True)
+        print(
+            f"reusing reference run from {source} (trial {ref.trial_id}): "
+            f"target loss {self.state.target:.4f}, no new reference run",
+            flush=True,
+        )
+        self.publish_target()
+        return True
 
     def poll_reference(self) -> None:
         """When the reference task is done: record it, publish the target, tell pending trials."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -75,6 +76,8 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise ProgtuneError("--resume needs --name of the experiment to continue")
     if args.resume and args.dry_run:
         raise ProgtuneError("--resume and --dry-run cannot be combined; drop one")
+    if args.sampler == "gp" and importlib.util.find_spec("scipy") is None:
+        raise ProgtuneError("--sampler gp needs scipy (Optuna's GPSampler): pip install scipy")
 
 
 def _load_space(args: argparse.Namespace, saved: dict[str, Any] | None) -> Space:
@@ -141,6 +144,8 @@ def _new_settings(
         gpus_per_trial=args.gpus_per_trial,
         scheduler=args.scheduler,
         search_seed=args.search_seed,
+        sampler=args.sampler or saved.get("sampler") or "tpe",
+        reference=args.reference,
         max_failures=args.max_failures,
         points=points,
     )
@@ -200,6 +205,7 @@ def save_settings(settings: SearchSettings, preset: str | None, config_file: str
         "pinned": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.pinned.items()},
         "num_samples": settings.num_samples,
         "target_loss": settings.target_loss,
+        "sampler": settings.sampler,
     }
     _write_text(_settings_path(settings.exp_uri), json.dumps(doc, indent=1))
 

@@ -41,6 +41,9 @@ class SearchSettings:
     gpus_per_trial: float | None = None  # None = 1 when the cluster has (or can add) GPUs
     scheduler: str = "none"  # none | asha
     search_seed: int = 0
+    sampler: str = "tpe"  # tpe | random | qmc | gp (optuna_searcher.make_sampler)
+    reference: str | None = None  # --reference: the experiment whose reference run to reuse
+    reference_source: str | None = None  # the experiment URI whose matching reference is reused
     num_cpus: int | None = None  # local Ray only
     max_failures: int = 2
     verbose: bool = True
@@ -200,6 +203,7 @@ class SearchState:
                 steps=final.get("steps"),
                 device=final.get("device"),
                 threads=final.get("threads"),
+                precision=final.get("precision"),
                 data_fingerprint=final.get("data_fingerprint"),
             )
             row = trial_row(
@@ -275,6 +279,7 @@ class SearchState:
                         "steps",
                         "device",
                         "threads",
+                        "precision",
                         "data_fingerprint",
                         "trial_wall_s",
                     )

@@ -94,6 +94,7 @@ def trial_row(
         "data_fingerprint": result.data_fingerprint,
         "device": result.device,
         "threads": result.threads,
+        "precision": getattr(result, "precision", None),
         "started_at": started_at or dt.datetime.now(dt.UTC),
         **provenance(),
     }

@@ -61,6 +61,7 @@ class TrainResult:
     device: str
     threads: int
     data_fingerprint: str
+    precision: str = "fp32"  # what runtime.precision resolved to: bf16 (autocast) | fp32
 
     def totals(self) -> dict[str, Any]:
         """Everything but the curve and status: the summary a trial reports at its end."""
@@ -364,6 +365,7 @@ class _Run:
             device=str(self.device),
             threads=torch.get_num_threads(),
             data_fingerprint=self.data.fingerprint,
+            precision="bf16" if self.bf16 else "fp32",
         )
 
 
