@@ -317,11 +317,8 @@ def read_curves(src: str | os.PathLike) -> pd.DataFrame:
 
 
 def read_parquet_one_open(path: str | os.PathLike) -> pd.DataFrame:
-    """Plain `pd.read_parquet` of a local file through one open file: no checks, pandas' dtypes.
-
-    `pd.read_parquet(path)` opens a local path twice (footer, then data), so a rewrite in between
-    can mix two versions (bench/parquet_reader_race.py); one open file always holds one version.
-    """
+    """Plain pandas through one open file: `pd.read_parquet(path)` opens a local path twice, so a
+    rewrite in between can mix two versions (bench/parquet_reader_race.py)."""
     import pandas as pd  # lazy: the training loop must not need pandas
 
     with open(path, "rb") as f:
