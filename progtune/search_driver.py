@@ -24,7 +24,7 @@ from progtune.trial_trainable import TargetBoard, TrialSetup, reference_task, tr
 if TYPE_CHECKING:
     from progtune.optuna_searcher import ProgtuneOptunaSearch
 
-_LIVE_ROWS_EVERY_S = 5.0  # how often the reference run's live rows are read while it runs
+_LIVE_ROWS_EVERY_S = 5.0  # how often the reference's live rows are read / the target re-sent
 _SLOTS_EVERY_S = 10.0  # how often the cluster's resources are read again (it may grow)
 
 
@@ -112,6 +112,7 @@ class Search:
     def poll_reference(self) -> None:
         """When the reference task is done: record it, publish the target, tell pending trials."""
         if self.reference is None:
+            self._keep_target_published()
             return
         done, _ = ray.wait([self.reference], timeout=0)
         if not done:
@@ -129,6 +130,17 @@ class Search:
             self.state.finish("reference", "failed", None, error=str(exc).splitlines()[0][:500])
         self.state.write(force=True)
         self.publish_target()
+
+    def _keep_target_published(self) -> None:
+        """Set the known target on the board again now and then: Ray restarts a lost board
+        actor with a fresh `__init__`, and trials asking it for --stop-at-target would
+        otherwise never hear the target again."""
+        target = self.state.target
+        if not self.settings.stop_at_target or target is None:
+            return
+        if time.monotonic() - self._last_poll > _LIVE_ROWS_EVERY_S:
+            self._last_poll = time.monotonic()
+            self.setup.board.set.remote(target)
 
     def _take_live_rows(self) -> None:
         try:
