@@ -36,7 +36,10 @@ def _common_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from progtune import __version__
+
     parser = _Parser(prog="progtune", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"progtune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="run one progressive (or from-scratch) training")
@@ -46,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--export", metavar="DIR", help="also save the final model (save_pretrained)")
     t.add_argument("--quiet", action="store_true", help="print only the summary")
 
-    k = sub.add_parser("knobs", help="list every knob with its default and type")
+    k = sub.add_parser("knobs", help="list every knob: its value in the preset, type and doc")
     k.add_argument("--preset", default=None, metavar="NAME", help="show this preset's values")
 
     from progtune.search_args import add_search_parser
@@ -64,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
+    if value == "":
+        return '""'
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
@@ -71,14 +76,15 @@ def _fmt(value: Any) -> str:
 
 def cmd_knobs(args: argparse.Namespace) -> int:
     from progtune.config import KNOB_TYPES, flatten, list_text, resolve
+    from progtune.knob_docs import knob_docs
 
-    values = flatten(resolve(args.preset))
+    values, docs = flatten(resolve(args.preset)), knob_docs()
     width = max(map(len, KNOB_TYPES))
     for name, tp in KNOB_TYPES.items():
         value = values[name]
-        shown = list_text(value) if isinstance(value, tuple) else _fmt(value)
+        shown = (list_text(value) or "-") if isinstance(value, tuple) else _fmt(value)
         kind = getattr(tp, "__name__", str(tp)).replace("tuple", "list")
-        print(f"{name:<{width}}  {shown:<14} {kind}")
+        print(f"{name:<{width}}  {shown:<14} {kind:<6} {docs[name]}".rstrip())
     return EXIT_OK
 
 

@@ -86,7 +86,7 @@ class Config:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    seed: int = 0
+    seed: int = 0  # seeds the weights, batch order and depth draws of the run
 
 
 # ---------------------------------------------------------------------------- presets

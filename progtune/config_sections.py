@@ -32,11 +32,11 @@ class ModelConfig:
     arch: str = "gpt2"  # gpt2 | llama (causal LM) | bert (masked LM)
     n_layers: int = 4  # target depth L
     d_model: int = 128  # hidden width h
-    n_heads: int = 4
+    n_heads: int = 4  # attention heads (divide d_model)
     n_kv_heads: int = 0  # llama grouped-query attention; 0 = n_heads
     d_ff: int = 0  # MLP width; 0 = 4 h (gpt2, bert) or the llama rule 8h/3 rounded up to 64
     seq_len: int = 128  # training sequence length n_ctx (tokens per sample)
-    dropout: float = 0.0
+    dropout: float = 0.0  # dropout probability (embeddings, attention, residual)
     mask_fraction: float = 0.15  # bert only: share of positions scored by the MLM head
 
     def check(self) -> None:
@@ -80,11 +80,11 @@ class DataConfig:
 
     corpus: str = "stdlib"  # stdlib | path, glob or comma list | hf:NAME (needs allow_download)
     text_column: str = "text"  # column read from Parquet / JSONL corpora
-    hf_config: str = ""
-    hf_split: str = "train"
+    hf_config: str = ""  # hf:NAME only: the data set's config name
+    hf_split: str = "train"  # hf:NAME only: the split to read
     allow_download: bool = False  # explicit opt-in for hf:NAME data sets
     tokenizer: str = "bpe"  # bpe = byte-level BPE trained locally; else a tokenizer.json path
-    vocab_size: int = 2048
+    vocab_size: int = 2048  # tokenizer vocabulary size V (BPE trained to it)
     val_every: int = 20  # every Nth document is held out for evaluation
     max_bytes: int = 0  # 0 = whole corpus; else cap the corpus (tiny presets)
     cache_dir: str = ""  # "" = $PROGTUNE_CACHE or ~/.cache/progtune
@@ -186,14 +186,14 @@ class GrowthConfig:
 class LRConfig:
     """AdamW and the learning-rate schedule, one schedule for the whole run."""
 
-    peak: float = 3e-3
+    peak: float = 3e-3  # peak learning rate (AdamW)
     schedule: str = "cosine"  # cosine | linear | constant (after warmup)
     warmup_fraction: float = 0.025  # of all optimizer steps
     min_ratio: float = 0.0  # final LR as a fraction of peak
     rewarmup_fraction: float = 0.0  # > 0: linear re-warmup over this fraction of steps after growth
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.95
+    weight_decay: float = 0.01  # AdamW weight decay (not on biases / norms)
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
     grad_clip: float = 1.0  # 0 = off
 
     def check(self) -> None:
@@ -225,7 +225,7 @@ class LRConfig:
 class BudgetConfig:
     """How much training: tokens, not steps, so runs of different depth compare."""
 
-    tokens: int = 1_000_000
+    tokens: int = 1_000_000  # training tokens of the whole run (all stages)
     batch_size: int = 16  # sequences per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
 
@@ -242,7 +242,7 @@ class EvalConfig:
 
     points: int = 20  # evenly spaced evaluations over the run (plus one at every stage boundary)
     max_tokens: int = 65_536  # held-out tokens per evaluation (fixed windows; 0 = all)
-    batch_size: int = 32
+    batch_size: int = 32  # held-out windows per evaluation batch
     at_flops: tuple[float, ...] = ()  # also evaluate once cumulative FLOPs pass each (ASHA rungs)
 
     def check(self) -> None:

@@ -22,9 +22,23 @@ def add_confirm_parsers(sub: argparse._SubParsersAction) -> None:
     c.add_argument("results", metavar="RESULTS", help="an experiment folder or URI")
     c.add_argument("--top", type=int, default=3, metavar="K", help="configurations (default 3)")
     c.add_argument("--seeds", type=int, default=3, metavar="N", help="fresh seeds (default 3)")
-    c.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="N")
-    c.add_argument("--gpus-per-trial", type=float, default=None, metavar="G")
-    c.add_argument("--max-concurrent", type=int, default=0, metavar="K")
+    c.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        default=1.0,
+        metavar="N",
+        help="CPUs per run; also its torch threads (default 1)",
+    )
+    c.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        metavar="G",
+        help="GPUs per run (default 1 when the cluster has or can add GPUs, else 0)",
+    )
+    c.add_argument(
+        "--max-concurrent", type=int, default=0, metavar="K", help="runs at once (default: all fit)"
+    )
     c.add_argument("--address", default=None, metavar="ADDR", help="join a running Ray cluster")
 
     e = sub.add_parser("export", help="write a trial's final model as a transformers checkpoint")
