@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from progtune.results import read_trials
 
@@ -31,6 +32,14 @@ def experiment(tmp_path_factory):
     return tmp, tmp / "res" / "c"
 
 
+def same_config(trials, source: dict):
+    """Rows that ran `source`'s configuration (the smoke space varies these two knobs)."""
+    return trials[
+        (trials["lr.peak"] == source["lr.peak"])
+        & (trials["sampling.strategy"] == source["sampling.strategy"])
+    ]
+
+
 def test_confirm_reruns_the_top_configs_on_fresh_seeds(experiment):
     tmp, exp = experiment
     before = read_trials(exp / "trials.parquet")
@@ -45,13 +54,32 @@ def test_confirm_reruns_the_top_configs_on_fresh_seeds(experiment):
     # The earlier rows are kept unchanged; the reference was not re-run.
     assert (after[after.role != "confirm"].trial_id.tolist()) == before.trial_id.tolist()
     assert (confirm.target_loss == before.target_loss.iloc[0]).all()
-    assert "2/2" in out.stdout  # the summary counts seeds that reached the target
+    # One summary line per configuration, best first, each with its own seeds' count and mean.
+    lines = out.stdout.splitlines()
+    reached_any, positions = 0, []
+    for source in top2.to_dict("records"):
+        found = [i for i, line in enumerate(lines) if line.startswith(f"{source['trial_id']}: ")]
+        assert len(found) == 1, out.stdout
+        positions.append(found[0])
+        runs = same_config(confirm, source)
+        assert sorted(runs.seed) == [1, 2]
+        reached = runs.flops_to_target.dropna()
+        reached_any += len(reached)
+        mean = f"{reached.mean():.3e}" if len(reached) else "-"
+        assert lines[found[0]].split()[-2:] == [f"{len(reached)}/2", mean], lines[found[0]]
+    assert positions == sorted(positions)  # the best configuration first
+    assert reached_any >= 1  # the counts are not all zero
 
 
 def test_export_best_trial_loads_with_auto_classes(experiment, tmp_path):
     tmp, exp = experiment
+    trials = read_trials(exp / "trials.parquet")
+    done = trials[trials.role.isin(["search", "confirm"]) & (trials.status == "completed")]
+    best = done.sort_values("objective").iloc[0]
+    assert best.objective < done.objective.max()  # the choice matters
     out = cli(tmp, "export", str(exp), "--trial", "best", "--out", str(tmp_path / "model"))
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert f"exported trial {best.trial_id} " in out.stdout  # the lowest objective
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
@@ -59,6 +87,12 @@ def test_export_best_trial_loads_with_auto_classes(experiment, tmp_path):
     ids = tok("def f(x):\n    return x", return_tensors="pt").input_ids
     assert model(ids).logits.shape[-1] == model.config.vocab_size
     assert model.config.n_layer == 2
+    # The same weights as that trial exported by id.
+    by_id = cli(tmp, "export", str(exp), "--trial", best.trial_id, "--out", str(tmp_path / "m2"))
+    assert by_id.returncode == 0, by_id.stdout[-2000:] + by_id.stderr[-2000:]
+    named = AutoModelForCausalLM.from_pretrained(tmp_path / "m2").state_dict()
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, named[key]), key
 
 
 @pytest.mark.parametrize(

@@ -37,12 +37,38 @@ def smoke(tmp_path_factory):
     return tmp, out
 
 
+def _index(lines: list[str], prefix: str) -> int:
+    """Position of the first line starting with `prefix` (fails the test when there is none)."""
+    found = [i for i, line in enumerate(lines) if line.startswith(prefix)]
+    assert found, f"no line starts with {prefix!r}"
+    return found[0]
+
+
 def test_smoke_search_runs_and_ranks(smoke):
-    _, out = smoke
+    tmp, out = smoke
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "local Ray on 127.0.0.1" in out.stdout
-    assert "target loss:" in out.stdout and "rank trial" in out.stdout
-    assert "results:" in out.stdout
+    lines = out.stdout.splitlines()
+    steps = ["data: ", "experiment e2e: ", "local Ray on 127.0.0.1", "reference run ",
+             "target loss: ", "rank trial ", "results: "]  # fmt: skip
+    at = [_index(lines, prefix) for prefix in steps]
+    assert at == sorted(at), dict(zip(steps, at, strict=True))  # printed in this order
+    trials = read_trials(tmp / "res" / "e2e" / "trials.parquet")
+    ref = trials[trials["role"] == "reference"].iloc[0]
+    assert lines[at[4]] == f"target loss: {ref['final_eval_loss']:.4f}"
+    # The ranking: every search trial once, those that reached the target by FLOPs to target,
+    # then the others by final loss; each line's figures are its trial's row.
+    runs = trials[trials["role"] == "search"].assign(missed=lambda t: t["flops_to_target"].isna())
+    expected = runs.sort_values(["missed", "flops_to_target", "final_eval_loss"])
+    ranked = [line.split() for line in lines[at[5] + 1 : at[6]] if line.strip()]
+    assert [r[1] for r in ranked] == list(expected["trial_id"])
+    assert [int(r[0]) for r in ranked] == list(range(1, len(expected) + 1))
+    for r, row in zip(ranked, expected.to_dict("records"), strict=True):
+        assert r[2] == row["status"]
+        if row["flops_to_target"] is None:
+            assert r[3:5] == ["not", "reached"]
+        else:
+            assert r[3:5] == [f"{row['flops_to_target']:.3e}", f"{row['saving']:.1%}"]
+        assert f"{row['final_eval_loss']:.4f}" in r
 
 
 def test_trials_parquet_column_by_column(smoke):
@@ -65,6 +91,11 @@ def test_trials_parquet_column_by_column(smoke):
     assert search_rows["lr.peak"].between(1e-3, 1e-2).all()
     for col in ("final_eval_loss", "total_flops", "total_tokens", "total_wall_s", "objective"):
         assert trials[col].notna().all(), col
+    # trial_wall_s: the whole slot as the driver saw it - training, evaluation, checkpoints and
+    # more (start-up, result uploads), so never less than the three measured parts.
+    parts = trials["total_wall_s"] + trials["eval_wall_s"] + trials["checkpoint_wall_s"]
+    assert trials["trial_wall_s"].notna().all()
+    assert (trials["trial_wall_s"] >= parts).all(), trials[["trial_id", "trial_wall_s"]]
     reached = trials[trials["flops_to_target"].notna()]
     assert (
         (1 - reached["flops_to_target"] / ref["flops_to_target"]) - reached["saving"]
