@@ -169,13 +169,15 @@ def make_searcher(
     journal_path: str | None,
     gate: ProposalGate | None = None,
 ) -> ProgtuneOptunaSearch:
-    """The seeded Optuna searcher (`--sampler`) over the settings' space; its study in
-    `journal_path` if given.
+    """The seeded Optuna searcher (`--sampler`) over the settings' space; its study in the
+    `--optuna-storage` database if given, else in `journal_path` if given, else in memory.
 
     `gate`: the driver's slots and reference run (None: propose whenever Tune asks).
     """
-    storage = None
-    if journal_path:
+    storage: optuna.storages.BaseStorage | None = None
+    if settings.optuna_storage:  # a database optuna-dashboard can follow; --resume loads it
+        storage = optuna.storages.RDBStorage(settings.optuna_storage)
+    elif journal_path:
         storage = optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(journal_path)
         )

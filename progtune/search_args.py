@@ -76,6 +76,13 @@ def _where_to_run(p: argparse.ArgumentParser) -> None:
         help="join a running Ray cluster (`auto` on a cluster head); default: a "
         "private local Ray on 127.0.0.1",
     )
+    p.add_argument(
+        "--optuna-storage",
+        default=None,
+        metavar="URL",
+        help="Optuna study in this database (sqlite:///FILE, postgresql://, mysql://) for "
+        "optuna-dashboard URL; default: a journal file in the experiment folder",
+    )
     p.add_argument("--resume", action="store_true", help="continue experiment --name")
     p.add_argument(
         "--dry-run",

@@ -46,8 +46,11 @@ def build_settings(
     pinned = {k: flat[k] for k in pinned_raw}  # typed values of the pinned knobs
     points = _check_space_draws(space, base, pinned, args.search_seed)
     storage = _check_storage(storage) if not args.dry_run else storage
+    optuna_url = args.optuna_storage or (saved or {}).get("optuna_storage")
+    optuna_url = _check_optuna_storage(optuna_url, args.dry_run) if optuna_url else None
     name = args.name or f"{space.name}-{preset or 'cpu-small'}-{time.strftime('%Y%m%d-%H%M%S')}"
     settings = _new_settings(args, space, base, pinned, points, saved or {}, storage, name)
+    settings.optuna_storage = optuna_url
     if not args.resume and not args.dry_run and _read_text(_settings_path(settings.exp_uri)):
         raise ProgtuneError(
             f"experiment {name!r} already exists in {storage}; pass --resume to continue it or "
@@ -183,6 +186,32 @@ def _check_storage(storage: str) -> str:
     return str(path)
 
 
+def _check_optuna_storage(url: str, dry_run: bool) -> str:
+    """`--optuna-storage`: an Optuna RDB URL, opened now (its tables made) unless a dry run; a
+    relative SQLite path made absolute, so `--resume` from another folder finds the same file."""
+    import sqlalchemy
+
+    parsed = None
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+        db = parsed.database
+        if parsed.get_backend_name() == "sqlite" and db and db != ":memory:":
+            url = parsed.set(database=os.path.abspath(db)).render_as_string(hide_password=False)
+        if not dry_run:
+            import optuna
+
+            optuna.storages.RDBStorage(url).remove_session()
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        password = parsed.password if parsed is not None else None
+        shown = url.replace(f":{password}@", ":***@") if password else url
+        raise ProgtuneError(
+            f"--optuna-storage {shown} cannot be opened ({first}); give an Optuna database URL "
+            "such as sqlite:///optuna.db or postgresql://user:pass@host/db"
+        ) from None
+    return url
+
+
 def _saved_settings(name: str, storage: str) -> dict[str, Any]:
     """The settings file of experiment `name` that `--resume` continues."""
     storage_uri = storage if "://" in storage else str(Path(storage).expanduser().resolve())
@@ -206,6 +235,7 @@ def save_settings(settings: SearchSettings, preset: str | None, config_file: str
         "num_samples": settings.num_samples,
         "target_loss": settings.target_loss,
         "sampler": settings.sampler,
+        "optuna_storage": settings.optuna_storage,
     }
     _write_text(_settings_path(settings.exp_uri), json.dumps(doc, indent=1))
 

@@ -42,6 +42,7 @@ class SearchSettings:
     scheduler: str = "none"  # none | asha
     search_seed: int = 0
     sampler: str = "tpe"  # tpe | random | qmc | gp (optuna_searcher.make_sampler)
+    optuna_storage: str | None = None  # --optuna-storage URL; None: the local journal file
     reference: str | None = None  # --reference: the experiment whose reference run to reuse
     reference_source: str | None = None  # the experiment URI whose matching reference is reused
     num_cpus: int | None = None  # local Ray only

@@ -106,7 +106,9 @@ def _search_alg(search: Search) -> ConcurrencyLimiter | None:
     if settings.points:
         return None
     local_exp = None if "://" in settings.exp_uri else settings.exp_uri
+    # The journal file is the study's local default; --optuna-storage puts it in a database.
     journal = os.path.join(local_exp, "optuna.journal") if local_exp else None
+    journal = None if settings.optuna_storage else journal
     if local_exp:
         os.makedirs(local_exp, exist_ok=True)
     search.searcher = make_searcher(settings, search.state, journal, gate=search)
