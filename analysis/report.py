@@ -13,6 +13,7 @@ import re
 import secrets
 import shutil
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +25,7 @@ from progtune.errors import ResultsError
 from .compute_to_target import Target, choose_target, trial_metrics
 from .importance import knob_importance
 from .load import load_experiments
+from .pareto import equal_loss_savings
 from .ranking import (
     config_keys,
     config_text,
@@ -54,6 +56,7 @@ def build_report(sources: Iterable[str | os.PathLike], target_loss: float | None
     )
     for column in dict.fromkeys([*knobs, "stages.unique_layers_str", "stages.boundaries_str"]):
         metrics[column] = trials[column]
+    metrics = pd.concat([metrics, equal_loss_savings(trials, results.curves, metrics)], axis=1)
     ranking = rank_trials(metrics)
     configs = rank_configs(metrics, knobs)
     importance = knob_importance(metrics[runs_mask.to_numpy()], knobs)
@@ -153,6 +156,41 @@ def _figures(report: Report, top: int) -> list[tuple[str, str, bytes]]:
     return figures
 
 
+def _search_figures(report: Report) -> tuple[list[tuple[str, str, bytes]], list[str]]:
+    """pareto.png and Optuna's figures (from the search's study, or one built from the rows),
+    and a note for each Optuna figure that cannot be drawn."""
+    from . import optuna_figures, pareto
+
+    runs = report.metrics[report.metrics["role"] != "reference"]
+    references = report.references
+    curves = report.results.curves
+    reference_curves = [
+        curves[
+            (curves["experiment"] == r["experiment"]) & (curves["trial_id"] == r["trial_id"])
+        ].sort_values("step", kind="stable")
+        for r in references.to_dict("records")
+    ]
+    budgets = list(pareto.scratch_points(report.results.trials, report.metrics).values())
+    figures = [
+        (
+            "pareto.png",
+            "Total training FLOPs vs final held-out loss of every run, the Pareto front (red), "
+            "the reference run's loss-vs-FLOPs curve (dashed) and scratch runs trained to the end "
+            "at several budgets (squares, when `progtune confirm --scratch-budgets` ran)",
+            pareto.pareto_figure(runs, reference_curves, budgets),
+        )
+    ]
+    (name, folder), *others = report.results.sources.items()
+    study = None if others else optuna_figures.study_from_journal(folder, name)
+    if study is None:
+        study = optuna_figures.study_from_rows(runs, report.knobs)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if len(done) < 2:
+        return figures, ["Fewer than two finished search trials: no Optuna figures."]
+    drawn, skipped = optuna_figures.optuna_figures(study)
+    return figures + drawn, [f"Optuna figure not drawn: {why}" for why in skipped]
+
+
 # ---------------------------------------------------------------------------- write
 def check_out_dir(out: str | os.PathLike) -> Path:
     """--out must be a local folder that is new, empty or a previous report (replaced whole):
@@ -193,8 +231,9 @@ def _parquet_bytes(df: pd.DataFrame, kind: str, target: Target) -> bytes:
 def write_report(report: Report, out: str | os.PathLike, top: int) -> Path:
     """Render everything in memory, write it to a temporary sibling folder, rename it to `out`."""
     path = check_out_dir(out)
-    figures = _figures(report, top)
-    blocks = content(report, figures)
+    search_figures, skipped = _search_figures(report)
+    figures = _figures(report, top) + search_figures
+    blocks = content(replace(report, notes=[*report.notes, *skipped]), figures)
     images = {name: png for name, _, png in figures}
     files: dict[str, bytes] = {
         "report.md": markdown(blocks).encode(),

@@ -33,6 +33,12 @@ SAVING_RULE = (
     "saving = 1 - C / C_ref, speed-up = C_ref / C - 1, C = FLOPs to target, C_ref = that of the "
     "reference run of the same experiment"
 )
+EQUAL_LOSS_RULE = (
+    "Saving at equal loss = 1 - the run's total FLOPs / the FLOPs scratch needs for the run's "
+    "final loss: crossing = where the reference run's curve first reaches it (optimistic: a "
+    "mid-run loss is not annealed); budgets = between scratch runs trained to the end at several "
+    "budgets (`progtune confirm --scratch-budgets`), log-linear; the conservative figure"
+)
 TERMINAL_CONFIG_WIDTH = 90  # the config column is cut here in the terminal (whole in the files)
 PROVENANCE_COLUMNS = (
     "progtune_version",
@@ -64,8 +70,10 @@ def _cut(text: str, width: int | None) -> str:
 
 
 def _ranking_rows(
-    report: Report, rows: pd.DataFrame, width: int | None = None
+    report: Report, rows: pd.DataFrame, width: int | None = None, equal_loss: bool = False
 ) -> tuple[list[str], list[list[str]], list[bool]]:
+    """The ranking table; `equal_loss` adds the savings at equal final loss (files only: the
+    terminal table keeps its columns)."""
     headers = [
         "rank",
         "run",
@@ -94,6 +102,11 @@ def _ranking_rows(
         ]
         for r in rows.to_dict("records")
     ]
+    if equal_loss:
+        headers[7:7] = ["saving at equal loss: crossing", "saving at equal loss: budgets"]
+        right[7:7] = [True, True]
+        for cell, r in zip(cells, rows.to_dict("records"), strict=True):
+            cell[7:7] = [_pct(r.get("saving_equal_loss")), _pct(r.get("saving_equal_loss_budgets"))]
     return headers, cells, right
 
 
@@ -259,9 +272,12 @@ def content(report: Report, figures: Sequence[tuple[str, str, bytes]]) -> list[B
     ]
     if r.notes:
         blocks += [("h2", "Notes"), ("ul", r.notes)]
-    blocks += [("h2", "Ranking of runs"), ("p", f"Rule: {RANKING_RULE}. {SAVING_RULE}.")]
+    blocks += [
+        ("h2", "Ranking of runs"),
+        ("p", f"Rule: {RANKING_RULE}. {SAVING_RULE}. {EQUAL_LOSS_RULE}."),
+    ]
     if not r.ranking.empty:
-        blocks.append(("table", *_ranking_rows(r, r.ranking)))
+        blocks.append(("table", *_ranking_rows(r, r.ranking, equal_loss=True)))
     if r.multi_seed:
         blocks += [
             ("h2", "Configurations over seeds"),

@@ -441,11 +441,12 @@ def test_a_single_run_is_reported_without_comparison(tmp_path):
 
 
 def test_import_direction_no_torch_or_ray(syn, tmp_path):
+    # Optuna draws the report's search figures (issue 14), so it may load; torch and ray never.
     code = (
         "import sys, progtune.analysis\n"
         "from progtune.analysis.report import build_report, write_report\n"
         f"write_report(build_report([{str(syn)!r}]), {str(tmp_path / 'o')!r}, 3)\n"
-        "print([m for m in ('torch', 'ray', 'optuna', 'transformers') if m in sys.modules])\n"
+        "print([m for m in ('torch', 'ray', 'transformers') if m in sys.modules])\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
