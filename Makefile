@@ -28,7 +28,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 # Fast and slow (end-to-end, fault) tests together. pytest's exit code 5 means no tests ran.
+# tests/test_report_browser.py needs Debian's chromium: installed here when missing and apt-get
+# can (root); otherwise that test is skipped and says why.
 test: $(STAMP)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get install -y -qq chromium >/dev/null 2>&1 \
+	      || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null 2>&1)) ; } \
+	  || echo "chromium not installed: tests/test_report_browser.py will be skipped"
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc

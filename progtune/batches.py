@@ -77,3 +77,21 @@ def model_inputs(
             window[:, :-1], rng, cfg.model.mask_fraction, data.mask_id, data.vocab_size
         )
     return window[:, :-1], window[:, 1:]
+
+
+def planned_epochs(budget_tokens: int, train_tokens: int, seq_len: int) -> float:
+    """Passes over the training split that `budget_tokens` make (whole windows of seq_len)."""
+    per_epoch = max(1, (train_tokens - 1) // seq_len) * seq_len
+    return budget_tokens / per_epoch
+
+
+def epochs_line(cfg: Config, train_tokens: int) -> str:
+    """One line: the budget in epochs of the training split (says when the corpus repeats)."""
+    epochs = planned_epochs(cfg.budget.tokens, train_tokens, cfg.model.seq_len)
+    line = (
+        f"budget: {cfg.budget.tokens:,} training tokens = {epochs:.2f} epochs of the "
+        f"{train_tokens:,}-token training split"
+    )
+    if epochs > 1:
+        line += " (the corpus repeats: add data or lower budget.tokens to avoid it)"
+    return line

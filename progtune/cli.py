@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--export", metavar="DIR", help="also save the final model (save_pretrained)")
     t.add_argument("--quiet", action="store_true", help="print only the summary")
+    t.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="prepare the data and print planned FLOPs, time and epochs; do not train",
+    )
 
     k = sub.add_parser("knobs", help="list every knob: its value in the preset, type and doc")
     k.add_argument("--preset", default=None, metavar="NAME", help="show this preset's values")
@@ -89,6 +94,10 @@ def cmd_knobs(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        from progtune.dry_run import train_dry_run
+
+        return train_dry_run(args)
     from progtune.train_cli import run_train
 
     return run_train(args)

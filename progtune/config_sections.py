@@ -87,6 +87,7 @@ class DataConfig:
     vocab_size: int = 2048  # tokenizer vocabulary size V (BPE trained to it)
     val_every: int = 20  # every Nth document is held out for evaluation
     max_bytes: int = 0  # 0 = whole corpus; else cap the corpus (tiny presets)
+    max_tokens: int = 0  # 0 = all; else stop tokenizing after this many tokens (both splits)
     cache_dir: str = ""  # "" = $PROGTUNE_CACHE or ~/.cache/progtune
 
     def check(self) -> None:
@@ -107,6 +108,11 @@ class DataConfig:
             self.max_bytes >= 0,
             "data.max_bytes",
             f"must be >= 0 (0 = no cap), got {self.max_bytes}",
+        )
+        require(
+            self.max_tokens >= 0,
+            "data.max_tokens",
+            f"must be >= 0 (0 = no cap), got {self.max_tokens}",
         )
 
 

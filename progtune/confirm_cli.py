@@ -40,6 +40,14 @@ def add_confirm_parsers(sub: argparse._SubParsersAction) -> None:
         "--max-concurrent", type=int, default=0, metavar="K", help="runs at once (default: all fit)"
     )
     c.add_argument("--address", default=None, metavar="ADDR", help="join a running Ray cluster")
+    c.add_argument(
+        "--scratch-budgets",
+        default=None,
+        metavar="M,M,...",
+        help="instead of the top configurations, train the reference run's scratch configuration "
+        "to the end at these multiples of its token budget (e.g. 0.5,2; its seed, role confirm): "
+        "the report's conservative saving at equal final loss",
+    )
 
     e = sub.add_parser("export", help="write a trial's final model as a transformers checkpoint")
     e.add_argument("results", metavar="RESULTS", help="an experiment folder")
@@ -92,15 +100,18 @@ def run_confirm(args: argparse.Namespace) -> int:
         raise ProgtuneError("--top and --seeds must be >= 1")
     exp_uri, storage, name = _experiment(args.results)
     trials = read_trials(f"{exp_uri}/trials.parquet")
-    best = top_configs(trials, args.top)
-    if not best:
-        raise ProgtuneError(f"{args.results} has no completed search trial to confirm")
     ref = trials[(trials["role"] == "reference") & (trials["status"] == "completed")]
+    if args.scratch_budgets is not None:
+        best, seeds = scratch_budget_points(ref, args.scratch_budgets, args.results)
+    else:
+        best = top_configs(trials, args.top)
+        if not best:
+            raise ProgtuneError(f"{args.results} has no completed search trial to confirm")
+        first_fresh = int(trials["seed"].max()) + 1
+        seeds = list(range(first_fresh, first_fresh + args.seeds))
     target = None if len(ref) else trials["target_loss"].dropna().max()
     if not len(ref) and (target is None or math.isnan(target)):
         raise ProgtuneError(f"{args.results} has no finished reference run or target loss")
-    first_fresh = int(trials["seed"].max()) + 1
-    seeds = list(range(first_fresh, first_fresh + args.seeds))
     points = [dict(_config_key(r)) for r in best]
     base = from_flat(dict(_config_key(best[0])))
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
@@ -122,6 +133,28 @@ def run_confirm(args: argparse.Namespace) -> int:
         tune_subdir=f"confirm-{stamp}",
     )
     return _run(settings, best, seeds)
+
+
+def scratch_budget_points(ref: Any, text: str, results: str) -> tuple[list[dict], list[int]]:
+    """The reference run's row at each budget multiple in `text` ("0.5,2"), and its seed."""
+    try:
+        multiples = [float(m) for m in text.split(",") if m.strip()]
+    except ValueError:
+        multiples = []
+    if not multiples or not all(math.isfinite(m) and m > 0 and m != 1 for m in multiples):
+        raise ProgtuneError(
+            f"--scratch-budgets {text!r}: give positive multiples of the reference's budget "
+            "other than 1, comma-separated (e.g. 0.5,2)"
+        )
+    if not len(ref):
+        raise ProgtuneError(f"{results} has no finished reference run to train at other budgets")
+    row = ref.to_dict("records")[0]
+    tokens = int(row["budget.tokens"])
+    rows = [
+        {**row, "trial_id": f"reference x{m:g}", "budget.tokens": max(1, round(tokens * m))}
+        for m in multiples
+    ]
+    return rows, [int(row["seed"])]
 
 
 def _run(settings: Any, best: list[dict], seeds: list[int]) -> int:

@@ -18,4 +18,5 @@ class DataSettings:
     vocab_size: int = 2048
     val_every: int = 20
     max_bytes: int = 0
+    max_tokens: int = 0
     cache_dir: str = ""

@@ -1,4 +1,4 @@
-"""`progtune search --dry-run`: the configurations a search would run, their FLOPs and time."""
+"""`progtune search|train --dry-run`: what would run, its FLOPs, time and epochs; no training."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from progtune.config import Config
 
 if TYPE_CHECKING:
+    import argparse
+
     from progtune.search_state import SearchSettings
 
 
@@ -63,6 +65,7 @@ def dry_run(settings: SearchSettings) -> int:
             "(Optuna's first trials are random; later TPE proposals depend on results, so "
             "these are random draws of the space)"
         )
+    _print_epochs(base, [base, *configs])
     total_flops = 0.0
     rows = [("reference", reference_config(base))] + [
         (f"trial {i}", c) for i, c in enumerate(configs)
@@ -75,5 +78,46 @@ def dry_run(settings: SearchSettings) -> int:
     print(
         f"total: {total_flops:.3e} FLOPs, ~{total_flops / rate:.0f}s of trial time, "
         f"~{total_flops / rate / slots:.0f}s wall on {slots} slot(s) (training only)"
+    )
+    return 0
+
+
+def _print_epochs(base: Config, configs: list[Config]) -> None:
+    """The reference budget in epochs of the (prepared or cached) training split; the largest
+    trial budget too when the space varies budget.tokens."""
+    from progtune.batches import epochs_line, planned_epochs
+    from progtune.data import prepare_data
+
+    n = len(prepare_data(base.data).train)
+    print(epochs_line(base, n))
+    most = max(configs, key=lambda c: c.budget.tokens)
+    if most.budget.tokens != base.budget.tokens:
+        epochs = planned_epochs(most.budget.tokens, n, most.model.seq_len)
+        print(f"largest trial budget: {most.budget.tokens:,} tokens = {epochs:.2f} epochs")
+
+
+def train_dry_run(args: argparse.Namespace) -> int:
+    """`progtune train --dry-run`: prepare the data, print planned FLOPs, time and epochs."""
+    from progtune.batches import epochs_line
+    from progtune.budget import planned_flops
+    from progtune.config import parse_assignments, resolve
+    from progtune.data import prepare_data
+    from progtune.train_cli import describe
+
+    cfg = resolve(args.preset, args.config, parse_assignments(args.overrides))
+    print(f"progtune train --dry-run: {describe(cfg)}", flush=True)
+    data = prepare_data(cfg.data)
+    print(
+        f"data: {len(data.train):,} training / {len(data.val):,} held-out tokens, "
+        f"vocab {data.vocab_size}, fingerprint {data.fingerprint}",
+        flush=True,
+    )
+    print(epochs_line(cfg, len(data.train)))
+    threads = cfg.runtime.threads or os.cpu_count() or 1
+    rate = measured_flops_rate(cfg, threads)
+    flops = planned_flops(cfg, data.vocab_size)
+    print(
+        f"planned: {flops:.3e} training FLOPs, ~{flops / rate:.0f}s at a measured "
+        f"{rate / 1e9:.2f} GFLOP/s on {threads} thread(s) (training only; nothing trained)"
     )
     return 0

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from progtune.errors import DataError, one_line_reason
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<pad>", "<mask>")
+BATCH_CHARS = 4 << 20  # text per encode_batch call: bounds memory, keeps the threads busy
 
 
 def tokenizer_file(spec: str) -> Path:
@@ -51,8 +53,9 @@ def load_tokenizer_file(path: Path) -> Any:
     return tokenizer
 
 
-def train_bpe(docs: list[str], vocab_size: int) -> Any:
-    """Train a deterministic byte-level BPE on `docs`."""
+def train_bpe(texts: Iterable[str], vocab_size: int) -> Any:
+    """Train a deterministic byte-level BPE on `texts` (streamed: tokenizers keeps word counts,
+    not the texts)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -64,7 +67,7 @@ def train_bpe(docs: list[str], vocab_size: int) -> Any:
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tokenizer.train_from_iterator(docs, trainer=trainer, length=len(docs))
+    tokenizer.train_from_iterator(texts, trainer=trainer)
     learned = tokenizer.get_vocab_size()
     if learned < vocab_size:
         raise DataError(
@@ -74,13 +77,60 @@ def train_bpe(docs: list[str], vocab_size: int) -> Any:
     return tokenizer
 
 
-def encode_documents(tokenizer: Any, docs: list[str], eos: int, dtype: Any) -> np.ndarray:
-    """One token stream: every document's ids followed by `eos`."""
-    encoded = tokenizer.encode_batch_fast(docs, add_special_tokens=False)
-    out = np.empty(sum(len(e.ids) + 1 for e in encoded), dtype=dtype)
-    pos = 0
-    for e in encoded:
-        out[pos : pos + len(e.ids)] = e.ids
-        out[pos + len(e.ids)] = eos
-        pos += len(e.ids) + 1
-    return out
+def shard_dtype(vocab_size: int) -> Any:
+    """The token id dtype of the shard files: uint16 when the vocabulary fits, else uint32."""
+    return np.uint16 if vocab_size <= 2**16 else np.uint32
+
+
+def encode_documents(
+    tokenizer: Any,
+    pieces: Iterable[tuple[str, bool, int]],
+    eos: int,
+    sinks: tuple[BinaryIO, ...],
+    max_tokens: int = 0,
+) -> tuple[list[int], list[int]]:
+    """Encode (text, ends_document, split) pieces in batches of ~BATCH_CHARS and append the ids
+    (EOS after every document) to `sinks[split]`; stop after `max_tokens` in all (0 = no cap).
+    Memory is bounded by one batch. Returns tokens and documents written per split."""
+    dtype = shard_dtype(tokenizer.get_vocab_size(with_added_tokens=True))
+    tokens, docs = [0] * len(sinks), [0] * len(sinks)
+    batch: list[tuple[str, bool, int]] = []
+    size = 0
+    for piece in pieces:
+        batch.append(piece)
+        size += len(piece[0])
+        if size >= BATCH_CHARS:
+            _write_batch(tokenizer, batch, eos, dtype, sinks, tokens, docs, max_tokens)
+            batch, size = [], 0
+            if max_tokens and sum(tokens) >= max_tokens:
+                return tokens, docs
+    _write_batch(tokenizer, batch, eos, dtype, sinks, tokens, docs, max_tokens)
+    return tokens, docs
+
+
+def _write_batch(
+    tokenizer: Any,
+    batch: list[tuple[str, bool, int]],
+    eos: int,
+    dtype: Any,
+    sinks: tuple[BinaryIO, ...],
+    tokens: list[int],
+    docs: list[int],
+    max_tokens: int,
+) -> None:
+    """One encode_batch call; updates `tokens` and `docs` (per split) in place."""
+    if not batch:
+        return
+    encoded = tokenizer.encode_batch_fast([t for t, _, _ in batch], add_special_tokens=False)
+    parts: list[list[np.ndarray]] = [[] for _ in sinks]
+    left = max_tokens - sum(tokens) if max_tokens else -1  # -1: no cap
+    for (_, end, split), e in zip(batch, encoded, strict=True):
+        ids = np.array([*e.ids, eos] if end else e.ids, dtype=dtype)
+        if left >= 0:  # the cap falls in stream order, so both splits keep their share
+            ids, left = ids[:left], max(0, left - ids.size)
+        parts[split].append(ids)
+        docs[split] += end
+    for split, arrays in enumerate(parts):
+        out = np.concatenate(arrays) if arrays else np.empty(0, dtype=dtype)
+        out.tofile(sinks[split])
+        tokens[split] += out.size

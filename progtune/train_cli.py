@@ -67,6 +67,10 @@ def run_train(args: argparse.Namespace) -> int:
         f"({time.perf_counter() - t0:.1f}s)",
         flush=True,
     )
+    from progtune.batches import epochs_line, planned_epochs
+
+    if planned_epochs(cfg.budget.tokens, len(data.train), cfg.model.seq_len) > 1:  # said once
+        print(epochs_line(cfg, len(data.train)), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     _write_yaml(cfg, out / "config.yaml")
     started = dt.datetime.now(dt.UTC)

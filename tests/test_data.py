@@ -8,7 +8,7 @@ import random
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +103,7 @@ def test_stdlib_default_is_deterministic_and_cached(tmp_path, monkeypatch):
     assert max(first.eos_id, first.pad_id, first.mask_id) < first.vocab_size
     assert int(first.train.max()) < first.vocab_size
     assert len(first.fingerprint) >= 16 and int(first.fingerprint, 16) >= 0
-    assert (tmp_path / "a" / f"tokens-{first.fingerprint}.npz").is_file()
+    assert (tmp_path / "a" / f"tokens-{first.fingerprint}" / "index.json").is_file()
 
     no_training(monkeypatch)
     start = time.perf_counter()
@@ -211,27 +211,34 @@ def test_duck_typed_settings_and_env_cache_dir(tmp_path, monkeypatch):
     write_docs(tmp_path / "corpus", 4)
     monkeypatch.setenv("PROGTUNE_CACHE", str(tmp_path / "env-cache"))
     data = prepare_data(ConfigData(corpus=str(tmp_path / "corpus")))
-    assert (tmp_path / "env-cache" / f"tokens-{data.fingerprint}.npz").is_file()
+    assert (tmp_path / "env-cache" / f"tokens-{data.fingerprint}" / "index.json").is_file()
     via_field = prepare_data(
         ConfigData(corpus=str(tmp_path / "corpus"), cache_dir=str(tmp_path / "field"))
     )
-    assert (tmp_path / "field" / f"tokens-{data.fingerprint}.npz").is_file()
+    assert (tmp_path / "field" / f"tokens-{data.fingerprint}" / "index.json").is_file()
     assert_same(data, via_field)
+
+
+def in_memory(data: TokenData) -> TokenData:
+    """A copy whose arrays do not map the shard files (the tests below damage those in place,
+    which would make a mapped read fail with SIGBUS)."""
+    return replace(data, train=np.array(data.train), val=np.array(data.val), shard_dir="")
 
 
 def test_corrupt_cache_is_rebuilt(tmp_path, caplog):
     write_docs(tmp_path / "corpus", 6)
     s = settings(corpus=str(tmp_path / "corpus"))
-    good = prepare_data(s, tmp_path / "c")
-    path = tmp_path / "c" / f"tokens-{good.fingerprint}.npz"
-    for damage in (b"garbage", path.read_bytes()[:200]):
-        path.write_bytes(damage)
+    good = in_memory(prepare_data(s, tmp_path / "c"))
+    path = tmp_path / "c" / f"tokens-{good.fingerprint}"
+    train_bytes = (path / "train.bin").read_bytes()
+    for name, damage in (("index.json", b"garbage"), ("train.bin", train_bytes[:200])):
+        (path / name).write_bytes(damage)
         with caplog.at_level("WARNING", logger="progtune.token_cache"):
             again = prepare_data(s, tmp_path / "c")
         assert "rebuilding" in caplog.text
         assert_same(good, again)
-        with np.load(path, allow_pickle=False) as z:
-            np.testing.assert_array_equal(z["train"], good.train)
+        shard = np.fromfile(path / "train.bin", dtype=good.train.dtype)
+        np.testing.assert_array_equal(shard, good.train)
 
 
 class _RunsOnLoad:
@@ -247,12 +254,13 @@ class _RunsOnLoad:
 def test_token_cache_with_pickled_objects_is_rebuilt_without_unpickling(tmp_path):
     write_docs(tmp_path / "corpus", 6)
     s = settings(corpus=str(tmp_path / "corpus"))
-    good = prepare_data(s, tmp_path / "c")
-    path = tmp_path / "c" / f"tokens-{good.fingerprint}.npz"
+    good = in_memory(prepare_data(s, tmp_path / "c"))
+    path = tmp_path / "c" / f"tokens-{good.fingerprint}"
     ran = tmp_path / "code-ran"
     evil = np.array([_RunsOnLoad(ran)], dtype=object)
-    with open(path, "wb") as f:  # every member an object array: any one read would run it
-        np.savez(f, meta=evil, train=evil, val=evil, tokenizer=evil)
+    for name in ("train.bin", "val.bin", "index.json"):  # any one unpickled would run it
+        with open(path / name, "wb") as f:
+            np.save(f, evil, allow_pickle=True)
     again = prepare_data(s, tmp_path / "c")
     assert not ran.exists()
     assert_same(good, again)  # the cache entry was rebuilt from the corpus
@@ -313,8 +321,9 @@ def test_concurrent_builds_of_one_cache_entry(tmp_path):
     with np.load(tmp_path / "out0.npz") as a, np.load(tmp_path / "out1.npz") as b:
         np.testing.assert_array_equal(a["train"], b["train"])
         np.testing.assert_array_equal(a["val"], b["val"])
-    assert [p.name for p in (tmp_path / "c").iterdir()] == [
-        next((tmp_path / "c").glob("tokens-*.npz")).name
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
+        "file-hashes.json",
+        next((tmp_path / "c").glob("tokens-*")).name,
     ]  # no temp files left behind
     loaded = prepare_data(DataSettings(corpus=str(tmp_path / "corpus"), vocab_size=400,
                                        val_every=3), tmp_path / "c")  # fmt: skip

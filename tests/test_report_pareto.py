@@ -16,6 +16,8 @@ from test_analysis import curve, trial, write_experiment
 from progtune.analysis.optuna_figures import study_from_journal, study_from_rows
 from progtune.analysis.pareto import flops_at_loss, pareto_mask
 from progtune.analysis.report import build_report, write_report
+from progtune.confirm_cli import scratch_budget_points
+from progtune.errors import ProgtuneError
 
 REF = [(0, 6.0), (100, 4.0), (200, 3.0), (400, 2.0)]
 SCRATCH = {"budget.tokens": 4000, "lr": 1e-3}
@@ -130,3 +132,16 @@ def test_study_from_journal_reads_a_copy_and_prefers_the_experiment(tmp_path):
     assert [t.value for t in got.trials] == [1.5]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written beside it
     assert study_from_journal(str(tmp_path / "none"), "exp") is None
+
+
+def test_scratch_budget_points_are_the_reference_at_each_multiple():
+    ref = pd.DataFrame([trial("p", "ref", "reference", final=2.0, seed=7, **SCRATCH)])
+    rows, seeds = scratch_budget_points(ref, "0.5, 2", "p")
+    assert [r["budget.tokens"] for r in rows] == [2000, 8000] and seeds == [7]
+    assert [r["trial_id"] for r in rows] == ["reference x0.5", "reference x2"]
+    assert all(r["sampling.strategy"] == "full" for r in rows)
+    for bad in ("", "1", "0.5,x", "-2", "inf"):
+        with pytest.raises(ProgtuneError, match="--scratch-budgets"):
+            scratch_budget_points(ref, bad, "p")
+    with pytest.raises(ProgtuneError, match="no finished reference"):
+        scratch_budget_points(ref.iloc[:0], "2", "p")
