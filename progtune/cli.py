@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="prepare the data and print planned FLOPs, time and epochs; do not train",
     )
+    from progtune.tracking import add_log_flags
+
+    add_log_flags(t)
 
     k = sub.add_parser("knobs", help="list every knob: its value in the preset, type and doc")
     k.add_argument("--preset", default=None, metavar="NAME", help="show this preset's values")

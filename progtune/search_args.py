@@ -17,6 +17,9 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     _stopping(p)
     _resources(p)
     _search_control(p)
+    from progtune.tracking import add_log_flags
+
+    add_log_flags(p)
     p.add_argument(
         "overrides",
         nargs="*",

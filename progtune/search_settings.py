@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from progtune.config import Config, flatten, parse_assignments, resolve
 from progtune.errors import ProgtuneError
 from progtune.search_args import DEFAULT_SPACE, DEFAULT_STORAGE
+from progtune.tracking import check_backends
 
 if TYPE_CHECKING:
     from progtune.search_state import SearchSettings
@@ -81,6 +82,7 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise ProgtuneError("--resume and --dry-run cannot be combined; drop one")
     if args.sampler == "gp" and importlib.util.find_spec("scipy") is None:
         raise ProgtuneError("--sampler gp needs scipy (Optuna's GPSampler): pip install scipy")
+    check_backends(getattr(args, "log", None))  # --log's extras installed
 
 
 def _load_space(args: argparse.Namespace, saved: dict[str, Any] | None) -> Space:
@@ -151,6 +153,8 @@ def _new_settings(
         reference=args.reference,
         max_failures=args.max_failures,
         points=points,
+        log=check_backends(getattr(args, "log", None)),
+        log_dir=getattr(args, "log_dir", None),
     )
 
 

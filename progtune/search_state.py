@@ -52,6 +52,8 @@ class SearchSettings:
     point_seeds: list[int] = field(default_factory=list)  # seeds per point (default seed, +1..)
     role: str = "search"  # search | confirm
     tune_subdir: str = ""  # confirm runs keep Tune's state in a sub-folder of the experiment
+    log: tuple[str, ...] = ()  # --log: tracking backends (progtune.tracking)
+    log_dir: str | None = None  # --log-dir: TensorBoard's folder
 
     @property
     def exp_uri(self) -> str:
@@ -112,6 +114,7 @@ class SearchState:
         self.exp_uri, self.experiment, self.vocab_size = exp_uri.rstrip("/"), experiment, vocab_size
         self.fixed_target = target_loss
         self.trials: dict[str, TrialRecord] = {}
+        self.tracker: Any = None  # progtune.tracking.Tracker under --log: fed rows and ends
         self._last_write = 0.0
         self._dirty = False
 
@@ -163,6 +166,8 @@ class SearchState:
             rec.resumed_from = resumed_from
         rec.curve[int(row["step"])] = dict(row)
         self._dirty = True
+        if self.tracker is not None:
+            self.tracker.log_row(rec, row)
 
     def finish(self, trial_id: str, status: str, final: Mapping[str, Any] | None, error=None):
         rec = self.trials[trial_id]
@@ -170,6 +175,8 @@ class SearchState:
         if rec.t0 is not None:  # the slot's whole time: start-up, training, evaluation, saving
             rec.final["trial_wall_s"] = time.monotonic() - rec.t0
         self._dirty = True
+        if self.tracker is not None:
+            self.tracker.finish(rec)
 
     def curve(self, trial_id: str) -> list[dict[str, Any]]:
         return [self.trials[trial_id].curve[s] for s in sorted(self.trials[trial_id].curve)]

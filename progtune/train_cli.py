@@ -52,7 +52,9 @@ def _write_yaml(cfg: Config, path: Path) -> None:
 def run_train(args: argparse.Namespace) -> int:
     """`progtune train`: resolve the config, train in the output folder, write its Parquet."""
     from progtune.data import prepare_data
+    from progtune.tracking import check_backends
 
+    log_backends = check_backends(getattr(args, "log", None))
     cfg = resolve(args.preset, args.config, parse_assignments(args.overrides))
     out = Path(args.out or f"runs/{args.preset or 'cpu-small'}-{config_hash(cfg)[:8]}")
     ckpt = out / CHECKPOINT_SUBDIR
@@ -74,7 +76,7 @@ def run_train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     _write_yaml(cfg, out / "config.yaml")
     started = dt.datetime.now(dt.UTC)
-    result = _train_or_say_how_to_resume(args, cfg, data, out, ckpt)
+    result = _tracked_train(args, cfg, data, out, log_backends)
     _write_results(cfg, result, out, started)
     if args.export:
         export_model(cfg, data, ckpt, Path(args.export))
@@ -101,8 +103,30 @@ def _check_output_folders(args: argparse.Namespace, out: Path, ckpt: Path) -> No
         raise ProgtuneError(f"--export folder {args.export} is not empty; choose a new folder")
 
 
+def _tracked_train(
+    args: argparse.Namespace, cfg: Config, data: Any, out: Path, log_backends: tuple[str, ...]
+) -> Any:
+    """Train, logging the run to the `--log` backends (one tracked run, role `train`)."""
+    from progtune.config import flatten
+    from progtune.tracking import TrainRun
+    from progtune.tracking_backends import open_tracker
+
+    tracker = open_tracker(log_backends, out.name, str(out), getattr(args, "log_dir", None))
+    run = TrainRun("train", "train", flatten(cfg))
+    try:
+        on_row = (lambda row: tracker.log_row(run, row)) if tracker is not None else None
+        result = _train_or_say_how_to_resume(args, cfg, data, out, out / CHECKPOINT_SUBDIR, on_row)
+        if tracker is not None:
+            run.status, run.final = result.status, vars(result)
+            tracker.finish(run)
+        return result
+    finally:
+        if tracker is not None:
+            tracker.close()
+
+
 def _train_or_say_how_to_resume(
-    args: argparse.Namespace, cfg: Config, data: Any, out: Path, ckpt: Path
+    args: argparse.Namespace, cfg: Config, data: Any, out: Path, ckpt: Path, on_row: Any = None
 ) -> Any:
     """Train with progress lines; on Ctrl-C print the command that resumes, then re-raise."""
     from progtune.train import train
@@ -110,6 +134,8 @@ def _train_or_say_how_to_resume(
     def report(row: dict[str, Any], checkpoint: Path | None) -> None:
         if not args.quiet:
             print(progress_line(row), flush=True)
+        if on_row is not None:
+            on_row(row)
 
     try:
         return train(

@@ -24,6 +24,7 @@ from progtune.ray_cluster import cluster_can_have_gpus, start_ray
 from progtune.search_callbacks import ProgressCallback, ResultsCallback
 from progtune.search_driver import Search, asha_rungs, open_search
 from progtune.search_state import SearchSettings, SearchState, reference_config
+from progtune.tracking_backends import open_tracker
 from progtune.trial_trainable import run_trial
 
 
@@ -51,13 +52,20 @@ def _fit(settings: SearchSettings, data: Any) -> tuple[int, SearchState]:
         gpus = 1.0 if cluster_can_have_gpus() else 0.0
     threads = max(1, int(settings.cpus_per_trial))
     search = open_search(settings, data.vocab_size, threads, gpus)
-    search.start_or_reuse_reference(data)
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=data, setup=search.setup),
-        {"cpu": settings.cpus_per_trial, "gpu": gpus},
-    )
-    results = _tuner(search, trainable).fit()  # a first Ctrl-C makes Tune save its state and return
-    return _finish(search, results)
+    local_exp = None if "://" in settings.exp_uri else settings.exp_uri
+    tracker = open_tracker(settings.log, settings.name, local_exp, settings.log_dir)
+    search.state.tracker = tracker  # fed where the Parquet rows are (README: tracking)
+    try:
+        search.start_or_reuse_reference(data)
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, data=data, setup=search.setup),
+            {"cpu": settings.cpus_per_trial, "gpu": gpus},
+        )
+        results = _tuner(search, trainable).fit()  # a first Ctrl-C: Tune saves state, returns
+        return _finish(search, results)
+    finally:
+        if tracker is not None:
+            tracker.close()
 
 
 def _finish(search: Search, results: Any) -> tuple[int, SearchState]:
