@@ -163,3 +163,57 @@ def test_a_backend_not_installed_is_one_line_naming_the_extra(tmp_path, monkeypa
         "progtune: error: --log wandb needs the wandb extra: pip install 'progtune[wandb]'"
     ]
     assert not (tmp_path / "run").exists()
+
+
+@needs_all
+@pytest.mark.slow
+def test_a_search_tracks_the_reference_and_each_trial_in_all_three(tmp_path):
+    """The search path: one run per trial (reference included) in each backend, as in Parquet."""
+    import os
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "PROGTUNE_CACHE": str(tmp_path / "cache"), "MLFLOW_TRACKING_URI": uri}
+    env.update(WANDB_MODE="offline", MLFLOW_EXPERIMENT_NAME="tracked-search")
+    for key in ("WANDB_DIR", "WANDB_PROJECT", "RAY_ADDRESS"):
+        env.pop(key, None)
+    argv = ["search", "--space", "smoke", "--preset", "tiny", "--num-samples", "1"]
+    argv += ["--storage", str(tmp_path / "res"), "--name", "t", *(f"--log={b}" for b in BACKENDS)]
+    out = subprocess.run(
+        [sys.executable, "-m", "progtune.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=420,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    exp = tmp_path / "res" / "t"
+    trials = read_trials(exp / "trials.parquet").set_index("trial_id")
+    curves = read_curves(exp / "curves.parquet")
+    evals = {
+        tid: sorted(c.dropna(subset=["eval_loss"])["tokens"])
+        for tid, c in curves.groupby("trial_id")
+    }
+    assert sorted(trials["role"]) == ["reference", "search"]
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("tracked-search").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(trials.index)
+    for run in runs:
+        tid = run.info.run_name
+        assert run.data.tags["role"] == trials.loc[tid, "role"]
+        assert run.data.tags["status"] == trials.loc[tid, "status"]
+        assert set(KNOB_TYPES) <= set(run.data.params)
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")]
+        assert steps == evals[tid]
+
+    for tid in trials.index:
+        acc = EventAccumulator(str(exp / "tensorboard" / tid))
+        acc.Reload()
+        assert [s.step for s in acc.Scalars("eval_loss")] == evals[tid]
+    assert len(glob.glob(str(exp / "wandb" / "offline-run-*" / "*.wandb"))) == len(trials)
