@@ -149,14 +149,22 @@ def test_wandb_offline_run_holds_config_and_final_loss(tracked_train):
     ]
 
 
-def test_a_backend_not_installed_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("command", ["train", "search"])
+def test_a_backend_not_installed_is_one_line_naming_the_extra(
+    command, tmp_path, monkeypatch, capsys
+):
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
     )
-    code = main(["train", "--preset", "tiny", "--out", str(tmp_path / "run"), "--log", "wandb"])
+    where = (
+        ["--out", str(tmp_path / "run")]
+        if command == "train"
+        else ["--storage", str(tmp_path / "run")]
+    )
+    code = main([command, "--preset", "tiny", *where, "--log", "mlflow", "--log", "wandb"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err == [
@@ -217,3 +225,38 @@ def test_a_search_tracks_the_reference_and_each_trial_in_all_three(tmp_path):
         acc.Reload()
         assert [s.step for s in acc.Scalars("eval_loss")] == evals[tid]
     assert len(glob.glob(str(exp / "wandb" / "offline-run-*" / "*.wandb"))) == len(trials)
+
+
+def test_rows_reported_again_after_a_retry_are_logged_once_and_a_failing_backend_is_dropped(
+    capsys,
+):
+    from progtune.tracking import Tracker, TrainRun
+
+    class Recorder:
+        name = "recorder"
+
+        def __init__(self):
+            self.steps: list[int] = []
+
+        def log_row(self, trial, metrics, tokens):
+            self.steps.append(tokens)
+
+        def finish(self, trial, tokens):
+            self.steps.append(-tokens)
+
+    class Broken(Recorder):
+        name = "broken"
+
+        def log_row(self, trial, metrics, tokens):
+            raise ConnectionError("tracking server gone\nmore")
+
+    good, broken = Recorder(), Broken()
+    tracker = Tracker([broken, good])
+    run = TrainRun("t1", "search", {"model.n_layers": 2})
+    for tokens in (4096, 8192, 4096, 8192, 12288):  # a retry from 4096 re-reports 8192
+        tracker.log_row(run, {"tokens": tokens, "eval_loss": 1.0, "flops": 2.0 * tokens})
+    tracker.finish(run)
+    assert good.steps == [4096, 8192, 12288, -12288]
+    assert tracker.backends == [good]
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["progtune: warning: --log broken stopped (tracking server gone)"]
