@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import ray
 
@@ -44,6 +45,35 @@ def _autoscaler_config() -> dict | None:
 
     with open(bootstrap) as f:
         return yaml.safe_load(f) or {}
+
+
+def multi_machine_reason(address: str) -> str | None:
+    """Why trials of the cluster at `address` may run on another machine than this one, or None
+    when every node, now and to come, is on this machine. Joins the cluster for a moment."""
+    ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+    try:
+        node_ips = [n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")]
+        return multi_machine_reason_from(node_ips, _autoscaler_config(), os.environ)
+    finally:
+        ray.shutdown()
+
+
+def multi_machine_reason_from(
+    node_ips: list[str], autoscaler_config: dict | None, environ: Mapping[str, str]
+) -> str | None:
+    """`multi_machine_reason` from what it reads: the live nodes' addresses, the `ray up`
+    autoscaler config of this head (None elsewhere) and the environment."""
+    if len(set(node_ips)) > 1:
+        return f"the cluster's nodes are on {len(set(node_ips))} machines"
+    config = autoscaler_config or {}
+    head = config.get("head_node_type")
+    types = config.get("available_node_types", {})
+    can_add = [t for name, t in types.items() if name != head and t.get("max_workers", 1) > 0]
+    if can_add and config.get("max_workers", 1) > 0:
+        return "its autoscaler can add worker machines"
+    if "RAY_CLUSTER_NAME" in environ:  # KubeRay sets it in every Ray container
+        return "this is a KubeRay cluster, where every pod is its own machine"
+    return None
 
 
 def cluster_can_have_gpus() -> bool:

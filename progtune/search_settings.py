@@ -28,7 +28,8 @@ SETTINGS_FILE = "search.json"
 def build_settings(
     args: argparse.Namespace,
 ) -> tuple[SearchSettings, str | None, str | None]:
-    """Everything checked and decided; nothing written, no Ray started.
+    """Everything checked and decided; nothing written, no Ray started (with `--address` and a
+    local `--storage` the cluster is joined for a moment to see where trials may run).
 
     Returns the settings, the preset and the config file (both saved for `--resume`)."""
     _check_flags(args)
@@ -46,6 +47,8 @@ def build_settings(
     flat = flatten(base)
     pinned = {k: flat[k] for k in pinned_raw}  # typed values of the pinned knobs
     points = _check_space_draws(space, base, pinned, args.search_seed)
+    if not args.dry_run:
+        _check_local_storage_on_cluster(args.address, storage)  # before the probe writes
     storage = _check_storage(storage) if not args.dry_run else storage
     optuna_url = args.optuna_storage or (saved or {}).get("optuna_storage")
     optuna_url = _check_optuna_storage(optuna_url, args.dry_run) if optuna_url else None
@@ -214,6 +217,24 @@ def _check_optuna_storage(url: str, dry_run: bool) -> str:
             "such as sqlite:///optuna.db or postgresql://user:pass@host/db"
         ) from None
     return url
+
+
+def _check_local_storage_on_cluster(address: str | None, storage: str) -> None:
+    """A local folder is seen by this machine only: trials on other machines could not write
+    their checkpoints and results there, nor a restarted trial read them back."""
+    if address is None or "://" in storage:
+        return
+    from progtune.local_ray import prepare_ray_env
+
+    prepare_ray_env(address)  # before `import ray`
+    from progtune.ray_cluster import multi_machine_reason
+
+    reason = multi_machine_reason(address)
+    if reason:
+        raise ProgtuneError(
+            f"--storage {storage} is a local folder, but {reason}; pass --storage "
+            "s3://BUCKET/PATH (or gs://...) that every node can reach"
+        )
 
 
 def _saved_settings(name: str, storage: str) -> dict[str, Any]:
