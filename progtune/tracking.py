@@ -97,20 +97,23 @@ class Tracker:
 
     backends: list[Any]
     last_step: dict[str, int] = field(default_factory=dict)  # trial -> last logged tokens
+    ended: set[str] = field(default_factory=set)  # trials whose runs are closed
 
     def log_row(self, trial: TrackedTrial, row: Mapping[str, Any]) -> None:
         """One curve row; rows a retried trial reports again (tokens not past the last logged
         row) are skipped, so each evaluation is one point."""
         tokens = int(row.get("tokens") or 0)
-        if tokens <= self.last_step.get(trial.trial_id, -1):
+        if trial.trial_id in self.ended or tokens <= self.last_step.get(trial.trial_id, -1):
             return
         self.last_step[trial.trial_id] = tokens
         metrics = row_metrics(row)
         self._each("log_row", trial, metrics, tokens)
 
     def finish(self, trial: TrackedTrial) -> None:
-        """Close the trial's run with its status and final numbers."""
-        self._each("finish", trial, self.last_step.get(trial.trial_id, 0))
+        """Close the trial's run with its status and final numbers (once)."""
+        if trial.trial_id not in self.ended:
+            self.ended.add(trial.trial_id)
+            self._each("finish", trial, self.last_step.get(trial.trial_id, 0))
 
     def close(self) -> None:
         self._each("close")

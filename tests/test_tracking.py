@@ -260,3 +260,6 @@ def test_rows_reported_again_after_a_retry_are_logged_once_and_a_failing_backend
     assert tracker.backends == [good]
     err = capsys.readouterr().err.splitlines()
     assert err == ["progtune: warning: --log broken stopped (tracking server gone)"]
+    tracker.finish(run)  # a second end of the same trial changes nothing
+    tracker.log_row(run, {"tokens": 16384, "eval_loss": 1.0})
+    assert good.steps == [4096, 8192, 12288, -12288]
