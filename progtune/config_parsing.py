@@ -39,10 +39,12 @@ def coerce_value(key: str, tp: Any, value: Any) -> Any:
     """Check and convert one value to the knob's type; errors name the key and the fix."""
     if typing.get_origin(tp) is tuple:
         return _to_tuple(key, tp, value)
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        value = value.item()  # numpy scalars (np.float64, np.bool_) from pandas rows
     if tp is bool:
         return _to_bool(key, value)
     if isinstance(value, numbers.Number) and not isinstance(value, (bool, int, float)):
-        value = value.item() if hasattr(value, "item") else value  # numpy scalars from pandas rows
+        value = value.item() if hasattr(value, "item") else value
     if tp is int:
         return _to_int(key, value)
     if tp is float:

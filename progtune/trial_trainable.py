@@ -45,9 +45,9 @@ def trial_config(config: dict, setup: TrialSetup) -> Config:
     overrides = {k: v for k, v in config.items() if k in KNOB_TYPES}
     if "point" in config:
         overrides.update(setup.points[config["point"]])
-    if "repeat_seed" in config:
-        overrides["seed"] = config["repeat_seed"]
     overrides.update(setup.pinned)
+    if "repeat_seed" in config:  # after the pins: a pinned seed is where the repeats start
+        overrides["seed"] = config["repeat_seed"]
     overrides["runtime.threads"] = setup.threads
     if setup.eval_at_flops:
         overrides["eval.at_flops"] = setup.eval_at_flops
