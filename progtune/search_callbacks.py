@@ -63,8 +63,7 @@ class ResultsCallback(_SearchCallback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id not in self.state.trials:
             self.on_trial_start(iteration, trials, trial)
-        error = getattr(trial, "error_msg", None) or "trial failed (see Ray's error file)"
-        self.state.finish(trial.trial_id, "failed", None, error=str(error).splitlines()[0])
+        self.state.finish(trial.trial_id, "failed", None, error=_error_line(trial))
         self.state.write(force=True)
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
@@ -203,3 +202,16 @@ def _summary_line(
         f"{f', ETA {eta:.0f}s' if eta is not None else ''}"
         f"{f'; {n_pending} waiting for resources' if n_pending else ''}"
     )
+
+
+def _error_line(trial: Any) -> str:
+    """The first line of what the trial raised (Ray 2.60 trials keep it pickled, not as text)."""
+    try:
+        exc = trial.get_pickled_error()
+    except Exception:  # an unreadable error file must not stop the search
+        exc = None
+    if exc is None:
+        return "trial failed (see Ray's error file)"
+    cause = getattr(exc, "cause", None) or exc
+    text = f"{type(cause).__name__}: {cause}".strip()
+    return (text.splitlines() or ["trial failed"])[0][:500]

@@ -78,6 +78,10 @@ def _finish(search: Search, results: Any) -> tuple[int, SearchState]:
         search.cancel_reference()  # rerun on --resume
     search.wait_for_reference()
     search.tell_pending()
+    if not interrupted:  # --time-budget ended the trials still in flight
+        for rec in state.trials.values():
+            if rec.status == "running" and rec.role != "reference":
+                state.finish(rec.trial_id, "stopped", None)
     state.write(force=True)
     if interrupted:
         return 130, state
