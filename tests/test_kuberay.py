@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,6 +123,22 @@ def test_manifests_have_the_fields_kuberays_crds_require(raycluster, rayjob):
     for spec in (raycluster["spec"], cluster_spec):
         assert schema_problems(spec, CLUSTER_SPEC_REQUIRED, CLUSTER_SPEC_TYPES) == []
     assert schema_problems(rayjob["spec"], {}, RAYJOB_SPEC_TYPES) == []
+
+
+def test_manifests_pass_the_operators_own_checks(raycluster, rayjob):
+    """What KubeRay's controller refuses beyond the schema (same commit,
+    ray-operator/controllers/ray/utils/validation.go and constant.go)."""
+    from packaging.version import Version
+
+    dns1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+    for doc, longest in ((raycluster, 53), (rayjob, 53 - 6)):
+        name = doc["metadata"]["name"]
+        assert dns1035.fullmatch(name) and len(name) <= longest
+    for spec in (raycluster["spec"], rayjob["spec"]["rayClusterSpec"]):
+        assert Version(spec["rayVersion"]) >= Version("2.52.0")  # token auth needs it
+        for group in spec["workerGroupSpecs"]:
+            assert 0 <= group["minReplicas"] <= group["maxReplicas"]
+        assert spec["autoscalerOptions"]["idleTimeoutSeconds"] >= 0
 
 
 def test_the_schema_check_catches_a_missing_field_and_a_wrong_type(raycluster):
