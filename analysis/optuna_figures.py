@@ -124,8 +124,9 @@ def _plotter(kind: str) -> Callable[[Any], Any]:
     import optuna
     from optuna.visualization import matplotlib as vis
 
+    if kind == "history":  # raw values on a log axis: Optuna's best-so-far line stays
+        return _history_log_axis
     plot = {
-        "history": vis.plot_optimization_history,
         "parallel": vis.plot_parallel_coordinate,
         "slice": vis.plot_slice,
         "importances": vis.plot_param_importances,
@@ -136,6 +137,15 @@ def _plotter(kind: str) -> Callable[[Any], Any]:
         else {}
     )
     return lambda study: plot(study, target=_log10_objective, target_name=TARGET_NAME, **extra)
+
+
+def _history_log_axis(study: Any) -> Any:
+    from optuna.visualization import matplotlib as vis
+
+    ax = vis.plot_optimization_history(study)
+    ax.set_yscale("log")
+    ax.set_ylabel("objective: FLOPs to target (log)")
+    return ax
 
 
 def optuna_figures(study: Any) -> tuple[list[tuple[str, str, bytes]], list[str]]:
@@ -149,16 +159,19 @@ def optuna_figures(study: Any) -> tuple[list[tuple[str, str, bytes]], list[str]]
     _quiet_optuna()
     figures, skipped = [], []
     for name, caption, kind in FIGURES:
-        with warnings.catch_warnings():
+        # Optuna sets pyplot's "ggplot" style globally: keep it to its own figures.
+        with matplotlib.rc_context(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ExperimentalWarning of optuna's matplotlib module
             try:
                 ax = _plotter(kind)(study)
             except (ValueError, RuntimeError, ZeroDivisionError) as exc:
                 skipped.append(f"{name}: {exc}")
                 continue
-        fig = np.ravel(ax)[0].figure
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
-        plt.close(fig)
+            fig = np.ravel(ax)[0].figure
+            buffer = io.BytesIO()
+            fig.savefig(
+                buffer, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None}
+            )
+            plt.close(fig)
         figures.append((name, caption, buffer.getvalue()))
     return figures, skipped

@@ -5,10 +5,12 @@ Two figures of "what scratch would have needed for this run's final loss" per ru
   the run's final loss (linear interpolation between evaluations, `progtune.results.to_target`).
   Optimistic for the run: the reference's loss part-way through its schedule is worse than that
   of a scratch run trained (and annealed) for that budget.
-- budgets (`saving_equal_loss_budgets`, the conservative one): scratch runs trained to the end
+- budgets (`saving_equal_loss_budgets`): scratch runs trained to the end
   at several budgets (`progtune confirm --scratch-budgets`; the reference counts as one) give
   final (total FLOPs, loss) points; the scratch FLOPs at the run's final loss are interpolated
   linearly in log FLOPs between the two budgets whose losses bracket it. None outside them.
+  It never credits a run with an unannealed scratch loss; the straight line between two budgets
+  is an approximation of scratch's curve (budgets far apart can overstate scratch's FLOPs).
 saving = 1 - run's total FLOPs / scratch FLOPs at equal final loss.
 """
 
@@ -48,25 +50,27 @@ def scratch_keys(trials: pd.DataFrame) -> pd.Series:
     return config_keys(trials.drop(columns=[BUDGET_KNOB], errors="ignore"))
 
 
-def scratch_points(trials: pd.DataFrame, metrics: pd.DataFrame) -> dict[str, np.ndarray]:
-    """experiment -> (n, 2) array of (total FLOPs, final loss) of its completed scratch runs at
-    their budgets (the reference and confirm runs of the reference's configuration), by FLOPs."""
+def scratch_mask(trials: pd.DataFrame, metrics: pd.DataFrame) -> np.ndarray:
+    """Per row of `metrics`: a scratch run (the reference, or a confirm run of the reference's
+    configuration at another budget) of an experiment that has a reference run."""
     keys = scratch_keys(trials).to_numpy()
-    out: dict[str, np.ndarray] = {}
+    out = np.zeros(len(metrics), dtype=bool)
     for experiment in metrics["experiment"].dropna().unique():
         same = _flag(metrics["experiment"] == experiment)
         refs = same & _flag(metrics["role"] == "reference")
-        if not refs.any():
-            continue
-        scratch = same & np.isin(keys, keys[refs]) & _flag(metrics["role"].isin(SCRATCH_ROLES))
-        rows = metrics[scratch & _flag(metrics["status"] == "completed")]
-        points = [
-            (f, loss)
-            for r in rows.to_dict("records")
-            if (f := _finite(r["total_flops"])) and (loss := _finite(r["final_eval_loss"]))
-        ]
-        out[str(experiment)] = np.array(sorted(points), dtype="float64").reshape(-1, 2)
+        out |= same & np.isin(keys, keys[refs]) & _flag(metrics["role"].isin(SCRATCH_ROLES))
     return out
+
+
+def scratch_points(trials: pd.DataFrame, metrics: pd.DataFrame) -> dict[str, np.ndarray]:
+    """experiment -> (n, 2) array of (total FLOPs, final loss) of its completed scratch runs at
+    their budgets, by FLOPs."""
+    scratch = scratch_mask(trials, metrics) & _flag(metrics["status"] == "completed")
+    out: dict[str, list[tuple[float, float]]] = {}
+    for r in metrics[scratch].to_dict("records"):
+        if (f := _finite(r["total_flops"])) and (loss := _finite(r["final_eval_loss"])):
+            out.setdefault(str(r["experiment"]), []).append((f, loss))
+    return {e: np.array(sorted(p), dtype="float64").reshape(-1, 2) for e, p in out.items()}
 
 
 def flops_at_loss(points: np.ndarray, loss: float) -> float | None:
@@ -83,14 +87,15 @@ def equal_loss_savings(
 ) -> pd.DataFrame:
     """The two EQUAL_LOSS_COLUMNS for every row of `metrics` (null where undefined)."""
     budgets = scratch_points(trials, metrics)
+    scratch = scratch_mask(trials, metrics)
     ref_curves = {
         (r["experiment"], r["trial_id"]): curves[
             (curves["experiment"] == r["experiment"]) & (curves["trial_id"] == r["trial_id"])
         ].sort_values("step", kind="stable")
         for r in metrics[metrics["role"] == "reference"].to_dict("records")
     }
-    crossing, conservative = [], []
-    for r in metrics.to_dict("records"):
+    crossing, budgets_saving = [], []
+    for r, is_scratch in zip(metrics.to_dict("records"), scratch, strict=True):
         loss, total = _finite(r["final_eval_loss"]), _finite(r["total_flops"])
         cross = budget = None
         if loss is not None and total is not None and r["role"] != "reference":
@@ -98,14 +103,14 @@ def equal_loss_savings(
                 if experiment == r["experiment"] and not curve.empty:
                     cross = saving(total, to_target(curve, loss)["flops_to_target"])
             points = budgets.get(str(r["experiment"]))
-            if points is not None and len(points) >= 2:
+            if points is not None and len(points) >= 2 and not is_scratch:  # not vs itself
                 budget = saving(total, flops_at_loss(points, loss))
         crossing.append(cross)
-        conservative.append(budget)
+        budgets_saving.append(budget)
     return pd.DataFrame(
         {
             EQUAL_LOSS_COLUMNS[0]: pd.array(crossing, dtype="Float64"),
-            EQUAL_LOSS_COLUMNS[1]: pd.array(conservative, dtype="Float64"),
+            EQUAL_LOSS_COLUMNS[1]: pd.array(budgets_saving, dtype="Float64"),
         },
         index=metrics.index,
     )

@@ -231,8 +231,9 @@ def _parquet_bytes(df: pd.DataFrame, kind: str, target: Target) -> bytes:
 def write_report(report: Report, out: str | os.PathLike, top: int) -> Path:
     """Render everything in memory, write it to a temporary sibling folder, rename it to `out`."""
     path = check_out_dir(out)
+    figures = _figures(report, top)
     search_figures, skipped = _search_figures(report)
-    figures = _figures(report, top) + search_figures
+    figures += search_figures
     blocks = content(replace(report, notes=[*report.notes, *skipped]), figures)
     images = {name: png for name, _, png in figures}
     files: dict[str, bytes] = {

@@ -46,7 +46,7 @@ def add_confirm_parsers(sub: argparse._SubParsersAction) -> None:
         metavar="M,M,...",
         help="instead of the top configurations, train the reference run's scratch configuration "
         "to the end at these multiples of its token budget (e.g. 0.5,2; its seed, role confirm): "
-        "the report's conservative saving at equal final loss",
+        "the report's saving at equal final loss against scratch budgets",
     )
 
     e = sub.add_parser("export", help="write a trial's final model as a transformers checkpoint")

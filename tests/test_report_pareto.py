@@ -70,6 +70,7 @@ def test_savings_at_equal_final_loss_exact(pareto_report):
     assert crossing["D"] == pytest.approx(1 - 300 / 340)
     assert budgets["D"] == pytest.approx(1 - 300 / (200 * math.sqrt(2)))
     assert budgets["D"] < crossing["D"]
+    assert budgets[["s05", "s2"]].isna().all()  # scratch runs are not measured against themselves
     parquet = pq.read_table(out / "ranking.parquet").to_pandas()
     assert {"saving_equal_loss", "saving_equal_loss_budgets"} <= set(parquet.columns)
     html = (out / "report.html").read_text()
