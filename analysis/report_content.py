@@ -37,7 +37,7 @@ EQUAL_LOSS_RULE = (
     "Saving at equal loss = 1 - the run's total FLOPs / the FLOPs scratch needs for the run's "
     "final loss: crossing = where the reference run's curve first reaches it (optimistic: a "
     "mid-run loss is not annealed); budgets = between scratch runs trained to the end at several "
-    "budgets (`progtune confirm --scratch-budgets`), log-linear; the conservative figure"
+    "budgets (`progtune confirm --scratch-budgets`), log-linear between the two that bracket it"
 )
 TERMINAL_CONFIG_WIDTH = 90  # the config column is cut here in the terminal (whole in the files)
 PROVENANCE_COLUMNS = (
