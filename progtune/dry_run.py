@@ -106,10 +106,12 @@ def train_dry_run(args: argparse.Namespace) -> int:
 
     cfg = resolve(args.preset, args.config, parse_assignments(args.overrides))
     print(f"progtune train --dry-run: {describe(cfg)}", flush=True)
+    t0 = time.perf_counter()
     data = prepare_data(cfg.data)
     print(
         f"data: {len(data.train):,} training / {len(data.val):,} held-out tokens, "
-        f"vocab {data.vocab_size}, fingerprint {data.fingerprint}",
+        f"vocab {data.vocab_size}, fingerprint {data.fingerprint} "
+        f"({time.perf_counter() - t0:.1f}s)",
         flush=True,
     )
     print(epochs_line(cfg, len(data.train)))
