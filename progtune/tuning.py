@@ -1,8 +1,9 @@
 """Ray Tune x Optuna: assemble and run one search (`run_search` is the entry point).
 
 One Tune trial = one complete `progtune.train.train` run (progtune.trial_trainable). The driver
-prepares the data once and ships it to every trial; a from-scratch reference run sets the
-target loss while the first trials already train (progtune.search_driver); driver-side
+prepares the data once and ships it to every trial as a path (TokenData pickles as its shard
+folder: trials map the shards, no tokens go through the object store); a from-scratch reference
+run sets the target loss while the first trials already train (progtune.search_driver); driver-side
 callbacks keep the Parquet results (progtune.search_callbacks); the Optuna study (TPE) is told
 FLOPs-to-target, or a surrogate, and PRUNED for trials a scheduler stopped
 (progtune.optuna_searcher).
