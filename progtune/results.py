@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import typing
@@ -143,7 +144,7 @@ def _schema_for(kind: str) -> pa.Schema:
     return trials_schema() if kind == "trials" else curves_schema()
 
 
-def _resolve(where: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+def resolve_location(where: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """A local path or a pyarrow filesystem URI (s3://, gs://, file://) -> (filesystem, path)."""
     text = os.fspath(where)
     if "://" in text:
@@ -155,16 +156,14 @@ def write_table(table: pa.Table, dest: str | os.PathLike, kind: str) -> None:
     """Write `table` atomically to `dest` with the schema version and kind in its metadata."""
     schema = _schema_for(kind)
     if table.schema.names != schema.names:
-        raise ValueError(
-            f"table columns do not match the {kind} schema; build it with {kind}_table"
-        )
+        raise ValueError(f"table columns do not match the {kind} schema; use {kind}_table")
     metadata = {SCHEMA_KEY: str(SCHEMA_VERSION).encode(), KIND_KEY: kind.encode()}
     table = table.cast(schema).replace_schema_metadata(metadata)
     shown = os.fspath(dest)
     try:
-        fs, path = _resolve(dest)
+        fs, path = resolve_location(dest)
         if isinstance(fs, pafs.LocalFileSystem):
-            _write_local(table, Path(path))
+            write_atomic(Path(path), lambda f: pq.write_table(table, f))
         else:
             # Object stores: serialize first, then one PUT, which the store applies atomically.
             sink = pa.BufferOutputStream()
@@ -178,10 +177,6 @@ def write_table(table: pa.Table, dest: str | os.PathLike, kind: str) -> None:
         raise ResultsError(
             f"cannot write results to {shown} ({exc}); check the path and its permissions"
         ) from exc
-
-
-def _write_local(table: pa.Table, path: Path) -> None:
-    write_atomic(path, lambda f: pq.write_table(table, f))
 
 
 def _part_files(fs: pafs.FileSystem, path: str, shown: str) -> list[str]:
@@ -204,14 +199,16 @@ def _part_files(fs: pafs.FileSystem, path: str, shown: str) -> list[str]:
     return []
 
 
-def _read_part(fs: pafs.FileSystem, path: str, kind: str) -> pa.Table:
-    """One Parquet file, checked for the progtune metadata, version and kind."""
+def _read_part(fs: pafs.FileSystem, path: str, kind: str, in_folder: bool) -> pa.Table | None:
+    """One Parquet file, checked for progtune metadata, version, kind (None: part gone since)."""
     try:
         with fs.open_input_file(path) as f:
             parquet = pq.ParquetFile(f)
             _check_metadata(parquet.schema_arrow.metadata or {}, path, kind)
             table = parquet.read()
     except (OSError, pa.ArrowException) as exc:
+        if in_folder and isinstance(exc, FileNotFoundError):
+            return None
         raise ResultsError(
             f"{path} is not a readable Parquet file ({exc}); delete it or rerun the search"
         ) from exc
@@ -256,16 +253,16 @@ def read_table(src: str | os.PathLike, kind: str) -> pa.Table:
     """Read a results file, or a folder of part files as one table, local or URI."""
     schema, shown = _schema_for(kind), os.fspath(src)
     try:
-        fs, path = _resolve(src)
+        fs, path = resolve_location(src)
     except (OSError, pa.ArrowException) as exc:
         raise ResultsError(f"cannot open results at {shown} ({exc}); check the URI") from exc
     files = _part_files(fs, path, shown)
-    if not files:
+    tables = [t for f in files if (t := _read_part(fs, f, kind, files != [path])) is not None]
+    if not tables:
         raise ResultsError(
             f"no {kind} results at {shown}; run `progtune search` (or `progtune train`) first, "
             "or pass the experiment folder that holds them"
         )
-    tables = [_read_part(fs, f, kind) for f in files]
     metadata = {SCHEMA_KEY: str(SCHEMA_VERSION).encode(), KIND_KEY: kind.encode()}
     return pa.concat_tables(tables).cast(schema.with_metadata(metadata))
 
@@ -281,12 +278,9 @@ def write_curves(rows: Iterable[Mapping], dest: str | os.PathLike) -> None:
 
 
 def _to_pandas(table: pa.Table) -> pd.DataFrame:
-    """Arrow -> pandas with nullable numpy-backed dtypes, the one mapping for every reader.
-
-    Int64 / Int32 / Float64 / boolean / string[pyarrow] (missing values and NaN read as <NA>),
-    timestamps as datetime64[us, UTC], list knobs as tuples (or None), so that
-    config.from_flat(df.to_dict("records")[i]) rebuilds a trial's config.
-    """
+    """Arrow -> pandas, the one mapping for every reader: Int64 / Int32 / Float64 / boolean /
+    string[pyarrow] (missing values and NaN read as <NA>), timestamps as datetime64[us, UTC], list
+    knobs as tuples (or None), so config.from_flat(df.to_dict("records")[i]) rebuilds a config."""
     import pandas as pd  # lazy: the training loop must not need pandas
 
     mapping = {
@@ -317,22 +311,28 @@ def read_curves(src: str | os.PathLike) -> pd.DataFrame:
 
 
 def read_parquet_one_open(path: str | os.PathLike) -> pd.DataFrame:
-    """Plain pandas through one open file: `pd.read_parquet(path)` opens a local path twice, so a
-    rewrite in between can mix two versions (bench/parquet_reader_race.py)."""
+    """Plain pandas, each file (a folder: each part) through one open: `pd.read_parquet(path)`
+    opens a local path twice, so a rewrite in between can mix versions (parquet_reader_race.py)."""
     import pandas as pd  # lazy: the training loop must not need pandas
 
-    with open(path, "rb") as f:
-        return pd.read_parquet(f)
+    if not os.path.isdir(path):
+        with open(path, "rb") as f:
+            return pd.read_parquet(f)
+    frames = []
+    for part in _part_files(pafs.LocalFileSystem(), os.path.abspath(path), os.fspath(path)):
+        with contextlib.suppress(FileNotFoundError), open(part, "rb") as f:
+            frames.append(pd.read_parquet(f))
+    if not frames:
+        raise FileNotFoundError(f"no Parquet parts in {os.fspath(path)}")
+    return pd.concat(frames, ignore_index=True)
 
 
 # ---------------------------------------------------------------------------- compute to target
 def _number(value: Any) -> float | None:
     """float64, or None for None / NaN / pd.NA / anything not a number."""
-    if value is None:
-        return None
     try:
         out = float(value)
-    except (TypeError, ValueError):  # pd.NA refuses float()
+    except (TypeError, ValueError):  # None and pd.NA refuse float()
         return None
     return None if math.isnan(out) else out
 

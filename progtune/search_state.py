@@ -15,8 +15,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from progtune.config import Config, from_flat, scratch_overrides, with_overrides
-from progtune.results import flops_to_target, read_curves, read_trials, write_curves, write_trials
+from progtune.curve_parts import CurveParts
+from progtune.results import flops_to_target, read_curves, read_trials, write_table
 from progtune.summary import trial_row
+from progtune.trials_table_cache import TrialsTableCache
 
 SURROGATE_EXPONENT = 10.0
 
@@ -117,6 +119,14 @@ class SearchState:
         self.tracker: Any = None  # progtune.tracking.Tracker under --log: fed rows and ends
         self._last_write = 0.0
         self._dirty = False
+        self._parts = CurveParts(self.curves_path)
+        # What the last write stored, so the next one rewrites only what changed since: per trial
+        # a change count (add_row, finish), and the record and count its part was written from
+        # (a record replaced in `trials` - a reused or restarted reference - is a change too).
+        self._changes: dict[str, int] = {}
+        self._stored: dict[str, tuple[TrialRecord, int]] = {}
+        self._rows: dict[str, tuple[TrialRecord, int, tuple, dict[str, Any]]] = {}
+        self._trials_table = TrialsTableCache()
 
     # ------------------------------------------------------------------ paths
     @property
@@ -165,7 +175,7 @@ class SearchState:
             rec.curve = {s: r for s, r in rec.curve.items() if s <= resumed_from}
             rec.resumed_from = resumed_from
         rec.curve[int(row["step"])] = dict(row)
-        self._dirty = True
+        self._changed(trial_id)
         if self.tracker is not None:
             self.tracker.log_row(rec, row)
 
@@ -174,9 +184,13 @@ class SearchState:
         rec.status, rec.final, rec.error = status, dict(final or {}), error
         if rec.t0 is not None:  # the slot's whole time: start-up, training, evaluation, saving
             rec.final["trial_wall_s"] = time.monotonic() - rec.t0
-        self._dirty = True
+        self._changed(trial_id)
         if self.tracker is not None:
             self.tracker.finish(rec)
+
+    def _changed(self, trial_id: str) -> None:
+        self._changes[trial_id] = self._changes.get(trial_id, 0) + 1
+        self._dirty = True
 
     def curve(self, trial_id: str) -> list[dict[str, Any]]:
         return [self.trials[trial_id].curve[s] for s in sorted(self.trials[trial_id].curve)]
@@ -195,55 +209,102 @@ class SearchState:
 
     # ------------------------------------------------------------------ rows + Parquet
     def trial_rows(self) -> list[dict[str, Any]]:
-        target, ref_ftt = self.target, self.reference_flops_to_target()
+        """One trials.parquet row per trial. Rows are cached: one is rebuilt only when its trial,
+        the target or the reference run changed (rebuilding all costs O(all curve rows)), and a
+        rebuilt row equal to the old one stays the same object (TrialsTableCache then skips it)."""
+        target, ref_ftt, ref = self.target, self.reference_flops_to_target(), self.reference
+        context = (target, ref_ftt, ref.planned_flops if ref else None)
         rows = []
-        for rec in self.trials.values():
-            final = rec.final or {}
-            result = SimpleNamespace(
-                status=rec.status,
-                final_eval_loss=final.get("final_eval_loss"),
-                curve=self.curve(rec.trial_id),
-                total_flops=final.get("total_flops"),
-                total_tokens=final.get("total_tokens"),
-                total_wall_s=final.get("total_wall_s"),
-                eval_wall_s=final.get("eval_wall_s"),
-                checkpoint_wall_s=final.get("checkpoint_wall_s"),
-                steps=final.get("steps"),
-                device=final.get("device"),
-                threads=final.get("threads"),
-                precision=final.get("precision"),
-                data_fingerprint=final.get("data_fingerprint"),
-            )
-            row = trial_row(
-                from_flat(rec.flat),
-                result,
-                experiment=self.experiment,
-                trial_id=rec.trial_id,
-                role=rec.role,
-                target_loss=target,
-                reference_flops_to_target=ref_ftt,
-                started_at=rec.started_at,
-                trial_wall_s=final.get("trial_wall_s"),
-                error=rec.error,
-            )
-            row["objective"] = self.objective_of(rec.trial_id) if rec.status != "running" else None
-            rows.append(row)
+        for tid, rec in self.trials.items():
+            count = self._changes.get(tid, 0)
+            cached = self._rows.get(tid)
+            if cached is None or cached[0] is not rec or cached[1:3] != (count, context):
+                row = self._trial_row(rec, target, ref_ftt)
+                if cached is not None and cached[0] is rec and row == cached[3]:
+                    row = cached[3]
+                cached = (rec, count, context, row)
+                self._rows[tid] = cached
+            rows.append(cached[3])
         return rows
 
+    def _trial_row(self, rec: TrialRecord, target: float | None, ref_ftt: float | None) -> dict:
+        final = rec.final or {}
+        result = SimpleNamespace(
+            status=rec.status,
+            final_eval_loss=final.get("final_eval_loss"),
+            curve=self.curve(rec.trial_id),
+            total_flops=final.get("total_flops"),
+            total_tokens=final.get("total_tokens"),
+            total_wall_s=final.get("total_wall_s"),
+            eval_wall_s=final.get("eval_wall_s"),
+            checkpoint_wall_s=final.get("checkpoint_wall_s"),
+            steps=final.get("steps"),
+            device=final.get("device"),
+            threads=final.get("threads"),
+            precision=final.get("precision"),
+            data_fingerprint=final.get("data_fingerprint"),
+        )
+        row = trial_row(
+            from_flat(rec.flat),
+            result,
+            experiment=self.experiment,
+            trial_id=rec.trial_id,
+            role=rec.role,
+            target_loss=target,
+            reference_flops_to_target=ref_ftt,
+            started_at=rec.started_at,
+            trial_wall_s=final.get("trial_wall_s"),
+            error=rec.error,
+        )
+        row["objective"] = self.objective_of(rec.trial_id) if rec.status != "running" else None
+        return row
+
     def write(self, force: bool = False, min_interval_s: float = 5.0) -> None:
-        """Rewrite both files atomically (throttled unless forced)."""
+        """Write what changed since the last write, atomically (throttled unless forced).
+
+        curves.parquet is a folder of one part file per trial (curve_parts.py): only the parts of
+        trials with new rows or a new status are rewritten, so a write costs the rows of those
+        trials, not every row stored so far. trials.parquet (one row per trial, hundreds at most:
+        one file that plain readers open once) is rewritten whole, but only when one of its rows
+        changed (a start, a finish, a target reached; a running trial's new row changes nothing
+        there), from the last table plus the changed rows (trials_table_cache.py). Parts go
+        first, so a reader that finds a trial in trials.parquet finds its curve; parts of trials
+        the search dropped go last.
+        """
         if not (self._dirty or force) or (
             not force and time.monotonic() - self._last_write < min_interval_s
         ):
             return
-        curves = [
-            {"experiment": self.experiment, "trial_id": tid, **row}
-            for tid in self.trials
-            for row in self.curve(tid)
-        ]
-        write_curves(curves, self.curves_path)
-        write_trials(self.trial_rows(), self.trials_path)
+        whole = self._parts.layout() != "folder"  # first write, or an old single file to replace
+        changed = {
+            tid: (rec, self._changes.get(tid, 0))
+            for tid, rec in self.trials.items()
+            if whole or not self._is_stored(tid, rec)
+        }
+        self._parts.write(
+            {
+                tid: [
+                    {"experiment": self.experiment, "trial_id": tid, **row}
+                    for row in self.curve(tid)
+                ]
+                for tid in changed
+            }
+        )
+        self._stored.update(changed)
+        rows = self.trial_rows()
+        table = self._trials_table.table_for(rows)
+        if table is not None:  # rewritten when a row changed (start, finish, target crossed)
+            write_table(table, self.trials_path, "trials")
+            self._trials_table.written(rows, table)
+        self._parts.remove_except(self.trials)
         self._last_write, self._dirty = time.monotonic(), False
+
+    def _is_stored(self, trial_id: str, rec: TrialRecord) -> bool:
+        """The trial's part on the store holds this record's curve as it is now."""
+        stored = self._stored.get(trial_id)
+        return (
+            stored is not None and stored[0] is rec and stored[1] == self._changes.get(trial_id, 0)
+        )
 
     def load(self) -> None:
         """Rebuild from the experiment's Parquet files (resume); missing files mean a new search."""
@@ -254,9 +315,12 @@ class SearchState:
             trials = read_trials(self.trials_path)
         except ResultsError:
             return
-        curves = read_curves(self.curves_path)
+        try:  # a folder of parts, an older single file, or the file a crash left aside
+            curve_rows = read_curves(self._parts.read_path()).to_dict("records")
+        except ResultsError:  # an empty folder: no trial has rows yet
+            curve_rows = []
         by_trial: dict[str, list[dict]] = {}
-        for row in curves.to_dict("records"):
+        for row in curve_rows:
             by_trial.setdefault(row["trial_id"], []).append(row)
         knob_cols = [c for c in trials.columns if "." in c and not c.endswith("_str")] + ["seed"]
         for row in trials.to_dict("records"):
@@ -272,33 +336,36 @@ class SearchState:
                 error=_plain(row["error"]),
                 started_at=row["started_at"],
             )
-            rec.final = (
-                None
-                if row["status"] == "running"
-                else {
-                    k: _plain(row[k])
-                    for k in (
-                        "final_eval_loss",
-                        "total_flops",
-                        "total_tokens",
-                        "total_wall_s",
-                        "eval_wall_s",
-                        "checkpoint_wall_s",
-                        "steps",
-                        "device",
-                        "threads",
-                        "precision",
-                        "data_fingerprint",
-                        "trial_wall_s",
-                    )
-                }
-            )
+            rec.final = None if row["status"] == "running" else _final_of(row)
             for c in by_trial.get(rec.trial_id, []):
                 step = int(c["step"])
                 rec.curve[step] = {
                     k: _plain(v) for k, v in c.items() if k not in ("experiment", "trial_id")
                 }
             self.trials[rec.trial_id] = rec
+            if self._parts.has(rec.trial_id):  # its part holds this curve: no rewrite needed
+                self._stored[rec.trial_id] = (rec, self._changes.get(rec.trial_id, 0))
+
+
+_FINAL_KEYS = (
+    "final_eval_loss",
+    "total_flops",
+    "total_tokens",
+    "total_wall_s",
+    "eval_wall_s",
+    "checkpoint_wall_s",
+    "steps",
+    "device",
+    "threads",
+    "precision",
+    "data_fingerprint",
+    "trial_wall_s",
+)
+
+
+def _final_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A finished trial's final summary, read back from its trials.parquet row."""
+    return {k: _plain(row[k]) for k in _FINAL_KEYS}
 
 
 def _plain(value: Any) -> Any:

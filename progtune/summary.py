@@ -30,6 +30,7 @@ def git_sha() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+@functools.cache  # a metadata lookup scans every installed package: once per process
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)

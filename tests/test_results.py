@@ -215,6 +215,107 @@ def test_file_uri(tmp_path):
     assert len(results.read_curves(f"file://{tmp_path}/sub")) == 4
 
 
+# ---------------------------------------------------------------------------- the driver's writes
+def _search_state(exp: Path, trial_ids=("a", "b", "c")):
+    """A SearchState with trials started (no rows yet) and its experiment folder."""
+    from progtune.config import preset
+    from progtune.search_state import SearchState
+
+    state = SearchState(str(exp), "e", 256, 3.0)
+    for tid in trial_ids:
+        state.start(tid, "search", preset("tiny"), 1e12, datetime.now(UTC))
+    return state
+
+
+def _row(step: int, loss: float) -> dict:
+    return {"step": step, "tokens": 64 * step, "flops": 1e9 * step, "eval_loss": loss}
+
+
+def _inodes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_ino for p in folder.iterdir()}
+
+
+def test_a_write_replaces_only_the_parts_of_trials_that_changed(tmp_path):
+    """curves.parquet is a folder of one part per trial; a write rewrites the changed trials'
+    parts only (a new inode each: temp file + rename) - its cost does not grow with all rows."""
+    state = _search_state(tmp_path / "e")
+    for tid in ("a", "b", "c"):
+        state.add_row(tid, _row(0, 5.0))
+    state.write(force=True)
+    folder = tmp_path / "e" / "curves.parquet"
+    before = _inodes(folder)
+    assert sorted(before) == ["trial-a.parquet", "trial-b.parquet", "trial-c.parquet"]
+    state.add_row("b", _row(10, 4.0))
+    state.finish("c", "completed", {"final_eval_loss": 4.5})
+    state.write(force=True)
+    after = _inodes(folder)
+    assert [n for n in sorted(after) if after[n] != before[n]] == [
+        "trial-b.parquet",
+        "trial-c.parquet",
+    ]
+    state.write(force=True)  # nothing changed: no part rewritten
+    assert _inodes(folder) == after
+    curves = results.read_curves(folder)
+    assert sorted(zip(curves["trial_id"], curves["step"], strict=True)) == [
+        ("a", 0),
+        ("b", 0),
+        ("b", 10),
+        ("c", 0),
+    ]
+    assert len(pd.read_parquet(folder)) == 4 and len(results.read_parquet_one_open(folder)) == 4
+    assert sorted(results.read_trials(tmp_path / "e" / "trials.parquet")["trial_id"]) == [
+        "a",
+        "b",
+        "c",
+    ]
+    # A run the search drops (an interrupted reference run) loses its part too.
+    state.trials.pop("a")
+    state.write(force=True)
+    assert sorted(os.listdir(folder)) == ["trial-b.parquet", "trial-c.parquet"]
+
+
+def test_resume_reads_the_parts_and_an_old_single_file_moves_to_parts(tmp_path):
+    exp = tmp_path / "e"
+    old = _search_state(exp, ("a", "b"))
+    old.add_row("a", _row(0, 5.0))
+    old.add_row("b", _row(0, 5.5))
+    old.add_row("b", _row(10, 4.5))
+    results.write_trials(old.trial_rows(), exp / "trials.parquet")  # the layout before parts:
+    rows = [{"experiment": "e", "trial_id": t, **r} for t in ("a", "b") for r in old.curve(t)]
+    results.write_curves(rows, exp / "curves.parquet")  # one file holding every curve
+    resumed = _search_state(exp, ())
+    resumed.load()
+    assert [(r["step"], r["eval_loss"]) for r in resumed.curve("b")] == [(0, 5.5), (10, 4.5)]
+    resumed.add_row("a", _row(10, 4.0))
+    resumed.write(force=True)
+    assert sorted(os.listdir(exp / "curves.parquet")) == ["trial-a.parquet", "trial-b.parquet"]
+    assert not [n for n in os.listdir(exp) if n.startswith(".")]  # no temp folder, no backup
+    assert len(results.read_curves(exp / "curves.parquet")) == 4
+    again = _search_state(exp, ())
+    again.load()  # from the parts: nothing to rewrite until something changes
+    inodes = _inodes(exp / "curves.parquet")
+    again.write(force=True)
+    assert _inodes(exp / "curves.parquet") == inodes
+    assert [r["step"] for r in again.curve("a")] == [0, 10]
+
+
+def test_a_crash_while_replacing_the_single_file_loses_nothing(tmp_path):
+    """Between its two renames the old file waits beside the experiment; resume reads it."""
+    from progtune.curve_parts import CurveParts
+
+    exp = tmp_path / "e"
+    state = _search_state(exp, ("a",))
+    state.add_row("a", _row(0, 5.0))
+    results.write_trials(state.trial_rows(), exp / "trials.parquet")
+    backup = CurveParts(str(exp / "curves.parquet")).backup
+    results.write_curves([{"experiment": "e", "trial_id": "a", **_row(0, 5.0)}], backup)
+    resumed = _search_state(exp, ())
+    resumed.load()
+    assert [r["eval_loss"] for r in resumed.curve("a")] == [5.0]
+    resumed.write(force=True)
+    assert not backup.exists() and len(results.read_curves(exp / "curves.parquet")) == 1
+
+
 # ---------------------------------------------------------------------------- atomic writes
 @pytest.mark.parametrize("broken", ["write_table", "fsync"])
 def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch, broken):
