@@ -43,6 +43,7 @@ _SUMMARY = [
     ("status", pa.string()),  # completed | diverged | failed (error holds why)
     ("error", pa.string()),
     ("run_wall_s", pa.float64()),  # the whole run: set-up, training, evaluation
+    ("run_cpu_s", pa.float64()),  # CPU seconds of the process meanwhile: the cost in core-seconds
     ("data_fingerprint", pa.string()),
     ("device", pa.string()),
     ("precision", pa.string()),
@@ -91,7 +92,7 @@ def run_rows(
     from progtune.train import train
 
     head = {"config_id": cfg_id, "label": point.label, **_knob_row(cfg)}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     summary: dict[str, Any] = {"row": "summary", "git_sha": git_sha}
     curve: list[dict[str, Any]] = []
     try:
@@ -115,6 +116,7 @@ def run_rows(
         }
     summary |= {
         "run_wall_s": time.perf_counter() - t0,
+        "run_cpu_s": time.process_time() - c0,
         "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     return [*curve, {**head, **summary}]
@@ -156,7 +158,7 @@ def record(
         s = rows[-1]
         log(
             f"[{i + 1}/{len(runs)}] {cfg_id} s{seed} {s['status']} final {s.get('eval_loss')} "
-            f"{s['run_wall_s']:.1f} s  {point.label}"
+            f"{s['run_cpu_s']:.1f} core-s ({s['run_wall_s']:.1f} s wall)  {point.label}"
         )
     return done
 
@@ -183,21 +185,26 @@ def recorded_summaries(out: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _core_s(summary: dict[str, Any]) -> float:
+    """A run's cost in core-seconds (its CPU time; wall time for parts recorded without it)."""
+    return summary.get("run_cpu_s") or summary["run_wall_s"]
+
+
 def cost_lines(runs: list[tuple], out: Path) -> list[str]:
-    """The plan, run by run, and its cost: pending runs x the mean measured seconds."""
+    """The plan, run by run, and its cost: pending runs x the mean measured core-seconds."""
     done = {(r["config_id"], r["seed"]): r for r in recorded_summaries(out)}
     lines = []
     for i, (point, seed, cfg_id) in enumerate(runs):
         r = done.get((cfg_id, seed))
-        state = f"{r['status']} {r['run_wall_s']:.0f} s" if r else "pending"
-        lines.append(f"{i + 1:4d} {cfg_id} s{seed}  {state:16s} {point.label}")
-    walls = [r["run_wall_s"] for r in done.values()]
+        state = f"{r['status']} {_core_s(r):.0f} core-s" if r else "pending"
+        lines.append(f"{i + 1:4d} {cfg_id} s{seed}  {state:21s} {point.label}")
+    walls = [_core_s(r) for r in done.values()]
     pending = sum((cfg_id, seed) not in done for _, seed, cfg_id in runs)
     lines.append(f"{len(runs)} runs planned, {len(runs) - pending} recorded, {pending} pending")
     if walls:
         mean = sum(walls) / len(walls)
         lines.append(
-            f"cost: {pending} pending x {mean:.1f} s measured (mean of {len(walls)}) = "
+            f"cost: {pending} pending x {mean:.1f} core-s measured (mean of {len(walls)}) = "
             f"{pending * mean / 3600:.2f} core-hours at 1 thread; "
             f"recorded so far {sum(walls) / 3600:.2f} core-hours"
         )

@@ -6,13 +6,14 @@
 
 Ten diverse configurations (scratch at 3 LRs, growth without sampling, the Apollo recipe, the
 reference recipe's short warmup that diverges, the default search's best, a 2-block start,
-uniform and full depth sampling), seed 1, on the Python-source corpus, at the cheap scale and at
-cpu-small (bench/landscape_space.py). All cheap runs go first (minutes), then cpu-small's (~4
-core-minutes each) with the reference first, each written as it ends (bench/landscape.py), so a
-stopped recording continues where it stopped. The report ranks configurations at each scale by
-FLOPs-to-target saving against that scale's reference (scratch at the preset's LR; target = its
-final loss), those that never reach the target below them by final loss, and gives Spearman's
-rho between the scales over the configurations recorded at both, with a bootstrap interval.
+uniform and full depth sampling), seed 1, on the Python-source corpus, at cpu-small and at two
+cheap scales (bench/landscape_space.py): `cheap` first (~30 core-seconds a run), then cpu-small
+(~4 core-minutes a run, the reference first), then `cheap-lr2e-3`; each run is written as it
+ends (bench/landscape.py), so a stopped recording continues where it stopped. The report
+ranks configurations at each scale by FLOPs-to-target saving against that scale's reference
+(scratch at the preset's LR; target = its final loss), those that never reach the target below
+them by final loss, and gives Spearman's rho between each cheap scale and cpu-small over the
+configurations recorded at both, with a bootstrap interval over configurations.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from progtune.config import Config
 from progtune.results import flops_to_target, saving
 
 OUT = Path(__file__).resolve().parent / "landscape"
-SCALE_NAMES = ("cheap", "cpu-small")
+# Recorded in this order; each other scale is compared with REFERENCE_SCALE.
+SCALE_NAMES = ("cheap", "cpu-small", "cheap-lr2e-3")
+REFERENCE_SCALE = "cpu-small"
 SEED = 1
 
 
@@ -153,7 +156,8 @@ def rho_with_interval(
 
 
 def report_lines(root: Path = OUT) -> list[str]:
-    """A table of both scales and the rank correlation over the configurations at both."""
+    """A table of every scale, then each cheap scale's rank correlation with cpu-small over the
+    configurations recorded at both."""
     scores = {name: scale_scores(name, root) for name in SCALE_NAMES}
     labels = [p.label for p in fidelity_points(base_config("cheap", {}))]
     lines = [f"{'configuration':58s} " + "  ".join(f"{n:>22s}" for n in SCALE_NAMES)]
@@ -167,18 +171,23 @@ def report_lines(root: Path = OUT) -> list[str]:
                 sav = "miss" if s["saving"] is None else f"{100 * s['saving']:+.1f}%"
                 cells.append(f"{sav:>7s} {s['final']:7.3f} {s['status'][:6]:>6s}")
         lines.append(f"{label[:58]:58s} " + "  ".join(cells))
-    both = [lab for lab in labels if all(lab in scores[n] for n in SCALE_NAMES)]
-    if len(both) >= 3:
-        rho, low, high = rho_with_interval(
-            [scores["cheap"][x] for x in both], [scores["cpu-small"][x] for x in both]
-        )
-        lines.append(
-            f"Spearman rho (cheap vs cpu-small) over {len(both)} configurations: "
-            f"{rho:.2f} [95 % bootstrap {low:.2f}, {high:.2f}]"
-        )
-    else:
-        lines.append(f"{len(both)} configurations recorded at both scales: too few for a rho")
+    for name in SCALE_NAMES:
+        if name != REFERENCE_SCALE:
+            lines.append(_rho_line(scores, labels, name))
     return lines
+
+
+def _rho_line(scores: dict[str, dict], labels: list[str], name: str) -> str:
+    both = [x for x in labels if x in scores[name] and x in scores[REFERENCE_SCALE]]
+    if len(both) < 3:
+        return f"{name}: {len(both)} configurations recorded at both scales, too few for a rho"
+    rho, low, high = rho_with_interval(
+        [scores[name][x] for x in both], [scores[REFERENCE_SCALE][x] for x in both]
+    )
+    return (
+        f"Spearman rho ({name} vs {REFERENCE_SCALE}) over {len(both)} configurations: "
+        f"{rho:.2f} [95 % bootstrap {low:.2f}, {high:.2f}]"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -186,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="plan and cost per scale, run nothing")
     p.add_argument("--report", action="store_true", help="report what is recorded, run nothing")
     p.add_argument("--limit", type=int, default=None, help="at most N more runs in all")
-    p.add_argument("--out", type=Path, default=OUT, help="folder of the two scale folders")
+    p.add_argument("--out", type=Path, default=OUT, help="folder of the scale folders")
     args = p.parse_args(argv)
     if args.list:
         for name in SCALE_NAMES:
