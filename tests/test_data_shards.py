@@ -143,3 +143,13 @@ def test_train_dry_run_and_train_say_epochs_once(tmp_path, capsys, monkeypatch):
     lines = capsys.readouterr().out.splitlines()
     assert sum("epochs" in line for line in lines) == 1
     assert (out_dir / "trials.parquet").is_file()
+
+
+def test_search_dry_run_says_epochs(tmp_path, capsys, monkeypatch):
+    write_docs(tmp_path / "corpus", 6)
+    monkeypatch.setenv("PROGTUNE_CACHE", str(tmp_path / "cache"))
+    knobs = [f"data.corpus={tmp_path / 'corpus'}", "data.vocab_size=300", "data.val_every=3"]
+    args = ["search", "--dry-run", "--preset", "tiny", "--num-samples", "1", *knobs]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "epochs of the" in out and "corpus repeats" in out
