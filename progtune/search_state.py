@@ -121,9 +121,11 @@ class SearchState:
         self._dirty = False
         self._parts = CurveParts(self.curves_path)
         # What the last write stored, so the next one rewrites only what changed since: per trial
-        # a change count (add_row, finish), and the record and count its part was written from
-        # (a record replaced in `trials` - a reused or restarted reference - is a change too).
+        # change counts (of its row: add_row, finish; of its curve: add_row), and the record and
+        # curve count its part was written from (a record replaced in `trials` - a reused or
+        # restarted reference - is a change too).
         self._changes: dict[str, int] = {}
+        self._curve_changes: dict[str, int] = {}
         self._stored: dict[str, tuple[TrialRecord, int]] = {}
         self._rows: dict[str, tuple[TrialRecord, int, tuple, dict[str, Any]]] = {}
         self._trials_table = TrialsTableCache()
@@ -175,7 +177,7 @@ class SearchState:
             rec.curve = {s: r for s, r in rec.curve.items() if s <= resumed_from}
             rec.resumed_from = resumed_from
         rec.curve[int(row["step"])] = dict(row)
-        self._changed(trial_id)
+        self._changed(trial_id, curve=True)
         if self.tracker is not None:
             self.tracker.log_row(rec, row)
 
@@ -184,12 +186,15 @@ class SearchState:
         rec.status, rec.final, rec.error = status, dict(final or {}), error
         if rec.t0 is not None:  # the slot's whole time: start-up, training, evaluation, saving
             rec.final["trial_wall_s"] = time.monotonic() - rec.t0
-        self._changed(trial_id)
+        self._changed(trial_id, curve=False)
         if self.tracker is not None:
             self.tracker.finish(rec)
 
-    def _changed(self, trial_id: str) -> None:
+    def _changed(self, trial_id: str, curve: bool) -> None:
+        """Count a change of the trial's row (and of its curve): the next write rewrites them."""
         self._changes[trial_id] = self._changes.get(trial_id, 0) + 1
+        if curve:
+            self._curve_changes[trial_id] = self._curve_changes.get(trial_id, 0) + 1
         self._dirty = True
 
     def curve(self, trial_id: str) -> list[dict[str, Any]]:
@@ -277,7 +282,7 @@ class SearchState:
             return
         whole = self._parts.layout() != "folder"  # first write, or an old single file to replace
         changed = {
-            tid: (rec, self._changes.get(tid, 0))
+            tid: (rec, self._curve_changes.get(tid, 0))
             for tid, rec in self.trials.items()
             if whole or not self._is_stored(tid, rec)
         }
@@ -303,7 +308,9 @@ class SearchState:
         """The trial's part on the store holds this record's curve as it is now."""
         stored = self._stored.get(trial_id)
         return (
-            stored is not None and stored[0] is rec and stored[1] == self._changes.get(trial_id, 0)
+            stored is not None
+            and stored[0] is rec
+            and stored[1] == self._curve_changes.get(trial_id, 0)
         )
 
     def load(self) -> None:
@@ -344,7 +351,7 @@ class SearchState:
                 }
             self.trials[rec.trial_id] = rec
             if self._parts.has(rec.trial_id):  # its part holds this curve: no rewrite needed
-                self._stored[rec.trial_id] = (rec, self._changes.get(rec.trial_id, 0))
+                self._stored[rec.trial_id] = (rec, self._curve_changes.get(rec.trial_id, 0))
 
 
 _FINAL_KEYS = (

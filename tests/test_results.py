@@ -245,14 +245,16 @@ def test_a_write_replaces_only_the_parts_of_trials_that_changed(tmp_path):
     folder = tmp_path / "e" / "curves.parquet"
     before = _inodes(folder)
     assert sorted(before) == ["trial-a.parquet", "trial-b.parquet", "trial-c.parquet"]
-    state.add_row("b", _row(10, 4.0))
-    state.finish("c", "completed", {"final_eval_loss": 4.5})
+    trials_file = tmp_path / "e" / "trials.parquet"
+    state.add_row("b", _row(10, 4.0))  # b's row in trials.parquet stays the same
     state.write(force=True)
     after = _inodes(folder)
-    assert [n for n in sorted(after) if after[n] != before[n]] == [
-        "trial-b.parquet",
-        "trial-c.parquet",
-    ]
+    assert [n for n in sorted(after) if after[n] != before[n]] == ["trial-b.parquet"]
+    trials_inode = trials_file.stat().st_ino
+    state.finish("c", "completed", {"final_eval_loss": 4.5})  # its row changes, not its curve
+    state.write(force=True)
+    assert _inodes(folder) == after and trials_file.stat().st_ino != trials_inode
+    assert results.read_trials(trials_file).set_index("trial_id")["status"]["c"] == "completed"
     state.write(force=True)  # nothing changed: no part rewritten
     assert _inodes(folder) == after
     curves = results.read_curves(folder)
