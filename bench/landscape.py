@@ -5,13 +5,14 @@
     .venv/bin/python bench/landscape.py --preset cheap --corpus kjv --out bench/landscape/kjv-cheap
 
 Every run is the product's own trainer (`progtune.train.train`, in this process, one torch
-thread, under nice 19). Each finished run is written at once, atomically, as its own Parquet part
-file `<config id>-s<seed>.parquet` in `--out`: its curve rows and one summary row (`row`
-column). Re-running the same command skips what is there, so a stopped job - or a later session
-- continues where it stopped; `pd.read_parquet(out)` reads the whole landscape. `--limit N` runs
-at most N more runs; `--list` prints the plan and its cost (pending runs x the mean measured
-seconds of the runs already recorded in `--out`). `_plan.json` in `--out` pins the scale and
-corpus; continuing with other ones is refused. Plan and grid: bench/landscape_space.py.
+thread, under nice 19). Each finished run is written at once, atomically, as its own Parquet
+part file `<config id>-s<seed>.parquet` (landscape_space.config_id) in `--out`: its curve rows
+and one summary row (`row` column). Re-running the same command skips what is there, so a
+stopped job - or a later session - continues where it stopped; `pd.read_parquet(out)` reads the
+whole landscape. `--limit N` runs at most N more runs; `--list` prints the plan and its cost
+(pending runs x the mean measured core-seconds of the runs already in `--out`). `_plan.json` in
+`--out` pins the scale and corpus; continuing with other ones is refused. Plan and grid:
+bench/landscape_space.py.
 """
 
 from __future__ import annotations
@@ -29,10 +30,17 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from landscape_space import Point, base_config, landscape_plan, point_config, point_id
+from landscape_space import (
+    Point,
+    base_config,
+    config_id,
+    landscape_plan,
+    point_config,
+    point_id,
+)
 
 from progtune.atomic import write_atomic, write_text_atomic
-from progtune.config import Config, config_hash, flatten, list_text
+from progtune.config import Config, flatten, list_text
 from progtune.config_parsing import parse_assignments
 from progtune.errors import ProgtuneError, one_line_reason
 from progtune.results import CURVE_FIELDS, trials_schema
@@ -215,11 +223,11 @@ def cost_lines(runs: list[tuple], out: Path) -> list[str]:
 
 def check_plan_file(out: Path, base: Config, args: dict[str, Any]) -> None:
     """Pin the scale and corpus of `out` in _plan.json; refuse to continue with other ones."""
-    plan = {"base_config_hash": config_hash(base), **args}
+    plan = {"base_id": config_id(base), **args}
     path = out / "_plan.json"  # "_": pd.read_parquet(out) skips it
     if path.exists():
         old = json.loads(path.read_text())
-        if old.get("base_config_hash") != plan["base_config_hash"]:
+        if old.get("base_id") != plan["base_id"]:
             raise SystemExit(
                 f"error: {out} holds a landscape of another scale or corpus ({old}); "
                 "pass the same --preset, --corpus and overrides, or another --out"

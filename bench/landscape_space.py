@@ -9,12 +9,14 @@ seeded random sample of the grid (the full product, ~29 k points, is far beyond 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import random
 from dataclasses import dataclass
 from typing import Any
 
-from progtune.config import Config, config_hash, resolve, with_overrides
+from progtune.config import Config, flatten, resolve, with_overrides
 from progtune.spaces import unique_layer_schedules
 
 # Levels of the grid. LRs are multiples of the preset's lr.peak, so a scale keeps its own LR.
@@ -71,9 +73,31 @@ def point_config(base: Config, point: Point, seed: int) -> Config:
     return with_overrides(base, {**point.overrides, "seed": seed})
 
 
+def config_id(cfg: Config) -> str:
+    """A run's id without its seed: a hash of the knobs that differ from progtune's defaults.
+
+    Not config_hash: a knob the product adds later (with its default) would change every hash
+    and a continued recording would start again. The corpus is left out (a landscape folder
+    holds one corpus, pinned by name in its _plan.json, wherever the cache puts the files)."""
+    default = flatten(Config())
+    diff = {k: v for k, v in flatten(cfg).items() if k not in _ID_EXCLUDED and v != default.get(k)}
+    blob = json.dumps(diff, sort_keys=True, default=list).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_ID_EXCLUDED = {
+    "seed",
+    "data.corpus",
+    "data.cache_dir",
+    "runtime.device",
+    "runtime.threads",
+    "runtime.checkpoint_every",
+}
+
+
 def point_id(base: Config, point: Point) -> str:
-    """The config hash of `point` with the seed zeroed: the same id on every seed."""
-    return config_hash(point_config(base, point, 0))
+    """The id of `point` on `base`, the same on every seed."""
+    return config_id(point_config(base, point, 0))
 
 
 def scratch(base: Config, factor: float) -> Point:
