@@ -76,7 +76,7 @@ def test_a_named_reference_that_does_not_match_is_bad_input(tmp_path, base):
     _write_experiment(tmp_path, "old", reference_config(base), threads=4)
     with pytest.raises(ProgtuneError, match=r"--reference old: .*threads 4 != 1"):
         find_reference(_settings(tmp_path, base, reference="old"), _key(base))
-    with pytest.raises(ProgtuneError, match="--reference nowhere: .*no .*results"):
+    with pytest.raises(ProgtuneError, match=r"--reference nowhere: .*no .*results"):
         find_reference(_settings(tmp_path, base, reference="nowhere"), _key(base))
 
 
