@@ -101,19 +101,11 @@ def train_dry_run(args: argparse.Namespace) -> int:
     from progtune.batches import epochs_line
     from progtune.budget import planned_flops
     from progtune.config import parse_assignments, resolve
-    from progtune.data import prepare_data
-    from progtune.train_cli import describe
+    from progtune.train_cli import describe, prepare_and_say
 
     cfg = resolve(args.preset, args.config, parse_assignments(args.overrides))
     print(f"progtune train --dry-run: {describe(cfg)}", flush=True)
-    t0 = time.perf_counter()
-    data = prepare_data(cfg.data)
-    print(
-        f"data: {len(data.train):,} training / {len(data.val):,} held-out tokens, "
-        f"vocab {data.vocab_size}, fingerprint {data.fingerprint} "
-        f"({time.perf_counter() - t0:.1f}s)",
-        flush=True,
-    )
+    data = prepare_and_say(cfg)
     print(epochs_line(cfg, len(data.train)))
     threads = cfg.runtime.threads or os.cpu_count() or 1
     rate = measured_flops_rate(cfg, threads)

@@ -51,7 +51,6 @@ def _write_yaml(cfg: Config, path: Path) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """`progtune train`: resolve the config, train in the output folder, write its Parquet."""
-    from progtune.data import prepare_data
     from progtune.tracking import check_backends
 
     log_backends = check_backends(getattr(args, "log", None))
@@ -61,14 +60,7 @@ def run_train(args: argparse.Namespace) -> int:
     _check_output_folders(args, out, ckpt)
 
     print(f"progtune train: {describe(cfg)}", flush=True)
-    t0 = time.perf_counter()
-    data = prepare_data(cfg.data)
-    print(
-        f"data: {len(data.train):,} training / {len(data.val):,} held-out tokens, "
-        f"vocab {data.vocab_size}, fingerprint {data.fingerprint} "
-        f"({time.perf_counter() - t0:.1f}s)",
-        flush=True,
-    )
+    data = prepare_and_say(cfg)
     from progtune.batches import epochs_line, planned_epochs
 
     if planned_epochs(cfg.budget.tokens, len(data.train), cfg.model.seq_len) > 1:  # said once
@@ -193,3 +185,18 @@ def export_model(cfg: Config, data: Any, checkpoint: Path, dest: Path) -> None:
         mask_token="<mask>",
     )
     tok.save_pretrained(dest)
+
+
+def prepare_and_say(cfg: Any) -> Any:
+    """Prepare the run's tokens and print one line on them (`progtune train`, its dry run)."""
+    from progtune.data import prepare_data
+
+    t0 = time.perf_counter()
+    data = prepare_data(cfg.data)
+    print(
+        f"data: {len(data.train):,} training / {len(data.val):,} held-out tokens, "
+        f"vocab {data.vocab_size}, fingerprint {data.fingerprint} "
+        f"({time.perf_counter() - t0:.1f}s)",
+        flush=True,
+    )
+    return data

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -11,23 +10,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from bench_scripts import BENCH, load_bench
 
 from progtune.config import resolve
 from progtune.errors import ProgtuneError
 from progtune.results import saving
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+_load = load_bench
 
 
 stats = _load("study_stats")
