@@ -6,6 +6,7 @@ state; the `Search` is never pickled (the driver hands fresh callbacks to a rest
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -205,13 +206,35 @@ def _summary_line(
 
 
 def _error_line(trial: Any) -> str:
-    """The first line of what the trial raised (Ray 2.60 trials keep it pickled, not as text)."""
+    """The first line of what the trial raised. Ray 2.60 keeps no message on the trial: it
+    pickles the error into the trial's local folder (synced to storage later) and appends the
+    traceback to a text file; read the first, else the text's last line, else say where."""
+    exc = _pickled_error(trial)
+    if exc is not None:
+        cause = getattr(exc, "cause", None) or exc
+        text = f"{type(cause).__name__}: {cause}".strip()
+    else:
+        text = _last_error_text_line(getattr(trial, "error_file", None))
+    return (text.splitlines() or ["trial failed (see Ray's error file)"])[0][:500]
+
+
+def _pickled_error(trial: Any) -> BaseException | None:
+    from ray import cloudpickle
+
     try:
-        exc = trial.get_pickled_error()
+        path = trial.pickled_error_file
+        if path and os.path.exists(path):
+            with open(path, "rb") as f:
+                return cloudpickle.load(f)
+        return trial.get_pickled_error()
     except Exception:  # an unreadable error file must not stop the search
-        exc = None
-    if exc is None:
-        return "trial failed (see Ray's error file)"
-    cause = getattr(exc, "cause", None) or exc
-    text = f"{type(cause).__name__}: {cause}".strip()
-    return (text.splitlines() or ["trial failed"])[0][:500]
+        return None
+
+
+def _last_error_text_line(path: str | None) -> str:
+    try:
+        with open(path or "") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        lines = []
+    return lines[-1] if lines else "trial failed (see Ray's error file)"
