@@ -17,6 +17,7 @@ from progtune import __version__
 from progtune.config import config_hash, with_overrides
 from progtune.errors import ProgtuneError, ResultsError
 from progtune.results import read_trials
+from progtune.search_state import plain_value
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class ReferenceKey:
         """The first field in which a trials.parquet row differs, as `name X != Y`; else None."""
         recorded = {**row, "device_type": str(row.get("device") or "").split(":")[0] or None}
         for f in fields(self):
-            want, got = getattr(self, f.name), _plain(recorded.get(f.name))
+            want, got = getattr(self, f.name), plain_value(recorded.get(f.name))
             if want is not None and got != want:
                 return f"{f.name} {got} != {want}"
         return None
@@ -113,15 +114,6 @@ def _matching_run(exp_uri: str, key: ReferenceKey, reasons: list[str]) -> Any:
         elif best is None or row["started_at"] > best:
             best = row["started_at"]
     return best
-
-
-def _plain(value: Any) -> Any:
-    """A Parquet cell as plain Python: None for missing (pandas NA, NaN), ints and strs as is."""
-    import pandas as pd
-
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None
-    return value.item() if hasattr(value, "item") else value
 
 
 def _finite(value: Any) -> bool:

@@ -333,21 +333,21 @@ class SearchState:
         for row in trials.to_dict("records"):
             # Unfinished trials keep their rows too: Tune continues them from their last
             # checkpoint and re-reports only what comes after it (add_row drops the rest).
-            flat = {k: _plain(row[k]) for k in knob_cols if _plain(row[k]) is not None}
+            flat = {k: plain_value(row[k]) for k in knob_cols if plain_value(row[k]) is not None}
             rec = TrialRecord(
                 row["trial_id"],
                 row["role"],
                 flat,
                 planned_flops(from_flat(flat), self.vocab_size),
                 status=row["status"],
-                error=_plain(row["error"]),
+                error=plain_value(row["error"]),
                 started_at=row["started_at"],
             )
             rec.final = None if row["status"] == "running" else _final_of(row)
             for c in by_trial.get(rec.trial_id, []):
                 step = int(c["step"])
                 rec.curve[step] = {
-                    k: _plain(v) for k, v in c.items() if k not in ("experiment", "trial_id")
+                    k: plain_value(v) for k, v in c.items() if k not in ("experiment", "trial_id")
                 }
             self.trials[rec.trial_id] = rec
             if self._parts.has(rec.trial_id):  # its part holds this curve: no rewrite needed
@@ -372,10 +372,10 @@ _FINAL_KEYS = (
 
 def _final_of(row: Mapping[str, Any]) -> dict[str, Any]:
     """A finished trial's final summary, read back from its trials.parquet row."""
-    return {k: _plain(row[k]) for k in _FINAL_KEYS}
+    return {k: plain_value(row[k]) for k in _FINAL_KEYS}
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """pandas NA / numpy scalars -> plain Python (None for missing)."""
     try:
         import pandas as pd
