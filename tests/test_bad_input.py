@@ -8,6 +8,7 @@ a `sitecustomize` on PYTHONPATH records at exit whether `ray` was ever imported.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -132,6 +133,14 @@ CASES = [
     pytest.param([*S, "--bogus"], "unrecognized arguments: --bogus", id="search-unknown-flag"),
     pytest.param([*T, "--bogus"], "unrecognized arguments: --bogus", id="train-unknown-flag"),
     pytest.param([*S, "--resume", "--dry-run"], "cannot be combined", id="resume-with-dry-run"),
+    pytest.param(
+        [*S, "--sampler", "gp"],
+        "--sampler gp needs scipy",
+        id="sampler-gp-without-scipy",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("scipy") is not None, reason="scipy is installed here"
+        ),
+    ),
     pytest.param(
         ["search", "--resume", "--storage", "{tmp}/res"],
         "--resume needs --name",
