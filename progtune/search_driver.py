@@ -18,8 +18,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from progtune.budget import planned_flops
 from progtune.config import Config, flatten
 from progtune.ray_cluster import cluster_can_grow, trial_slots
+from progtune.reference_run import reference_task
 from progtune.search_state import SearchSettings, SearchState, reference_config
-from progtune.trial_trainable import TargetBoard, TrialSetup, reference_task, trial_config
+from progtune.trial_trainable import TargetBoard, TrialSetup, trial_config
 
 if TYPE_CHECKING:
     from progtune.optuna_searcher import ProgtuneOptunaSearch

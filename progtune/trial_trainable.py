@@ -1,4 +1,4 @@
-"""What runs on Ray workers: the Tune trainable, the reference-run task and the target board.
+"""What runs on Ray workers: the Tune trainable and the target board.
 
 One Tune trial = one complete `progtune.train.train` run. Trials get a small frozen `TrialSetup`
 (through `tune.with_parameters`), never the driver's state.
@@ -113,29 +113,6 @@ def run_trial(config: dict, data: Any = None, setup: TrialSetup | None = None) -
             "trial_wall_s": time.perf_counter() - started,
         }
     )
-
-
-def reference_task(flat: dict, data: Any, threads: int, board: Any) -> dict:
-    """The reference run as a plain Ray task (it is not part of the Optuna study).
-
-    Its curve rows also go to the board as they come, so the live table and the Parquet files
-    show its progress; the returned curve is the authoritative one.
-    """
-    from progtune.train import train
-
-    cfg = with_overrides(from_flat(flat), {"runtime.threads": threads})
-    started = time.perf_counter()
-
-    def report(row: dict, checkpoint: Any) -> bool:
-        board.add_row.remote(row)
-        return False  # never stop the reference early
-
-    result = train(cfg, report, data=data)
-    return {
-        "curve": result.curve,
-        "final": {**result.totals(), "trial_wall_s": time.perf_counter() - started},
-        "status": result.status,
-    }
 
 
 @ray.remote(num_cpus=0)
