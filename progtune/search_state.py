@@ -41,6 +41,7 @@ class SearchSettings:
     time_budget_s: float | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | None = None  # None = 1 when the cluster has (or can add) GPUs
+    workers_per_trial: int = 1  # data-parallel workers per trial (search_settings.trial_layout)
     scheduler: str = "none"  # none | asha
     search_seed: int = 0
     sampler: str = "tpe"  # tpe | random | qmc | gp (optuna_searcher.make_sampler)
