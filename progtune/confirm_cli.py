@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
+import json
 import math
 import shlex
 import sys
@@ -48,6 +50,12 @@ def add_confirm_parsers(sub: argparse._SubParsersAction) -> None:
         "to the end at these multiples of its token budget (e.g. 0.5,2; its seed, role confirm): "
         "the report's saving at equal final loss against scratch budgets",
     )
+    c.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the unfinished confirm run of RESULTS after a crash or Ctrl-C (its saved "
+        "configurations and seeds: finished runs kept, unfinished ones from their checkpoints)",
+    )
 
     e = sub.add_parser("export", help="write a trial's final model as a transformers checkpoint")
     e.add_argument("results", metavar="RESULTS", help="an experiment folder")
@@ -91,14 +99,92 @@ def top_configs(trials: Any, k: int) -> list[dict]:
     return list(chosen.values())
 
 
-def run_confirm(args: argparse.Namespace) -> int:
-    from progtune.results import read_trials
-    from progtune.search_state import SearchSettings
-    from progtune.spaces import Space
+@dataclasses.dataclass
+class ConfirmPlan:
+    """What one confirm run trains, saved beside Tune's folder for it so `--resume` continues it.
 
+    `run` is that folder (`confirm-DATE-TIME`); `sources` the configurations, each a trial id
+    and its knobs; `finished` stays False until the run ends without an interruption."""
+
+    run: str
+    sources: list[dict[str, Any]]
+    seeds: list[int]
+    target_loss: float | None
+    finished: bool = False
+
+    def save(self, exp_uri: str) -> None:
+        from progtune.experiment_storage import write_text
+
+        write_text(f"{exp_uri}/{self.run}.json", json.dumps(dataclasses.asdict(self), indent=1))
+
+
+def unfinished_confirm_run(exp_uri: str) -> ConfirmPlan | None:
+    """The newest confirm run of the experiment that did not end (a crash, Ctrl-C), or None."""
+    import pyarrow.fs as pafs
+
+    from progtune.experiment_storage import open_storage, read_text
+
+    fs, path = open_storage(exp_uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    names = sorted(
+        i.base_name
+        for i in infos
+        if i.base_name.startswith("confirm-") and i.base_name.endswith(".json")
+    )
+    for name in reversed(names):
+        text = read_text(f"{exp_uri}/{name}")
+        plan = ConfirmPlan(**json.loads(text)) if text else None
+        if plan is not None and not plan.finished:
+            return plan
+    return None
+
+
+def run_confirm(args: argparse.Namespace) -> int:
     if args.top < 1 or args.seeds < 1:
         raise ProgtuneError("--top and --seeds must be >= 1")
     exp_uri, storage, name = _experiment(args.results)
+    unfinished = unfinished_confirm_run(exp_uri)
+    if args.resume and unfinished is None:
+        raise ProgtuneError(
+            f"{args.results} has no unfinished confirm run to resume; run progtune confirm "
+            "without --resume"
+        )
+    if not args.resume and unfinished is not None:
+        raise ProgtuneError(
+            f"{args.results} has an unfinished confirm run ({unfinished.run}); continue it with: "
+            f"progtune confirm {shlex.quote(args.results)} --resume"
+        )
+    plan = unfinished if args.resume else _new_plan(args, exp_uri)
+    assert plan is not None
+    from progtune.search_state import SearchSettings
+    from progtune.spaces import Space
+
+    points = [dict(_config_key(r)) for r in plan.sources]
+    settings = SearchSettings(
+        space=Space("confirm", "confirm", "", lambda trial: {}, None, "top configurations"),
+        base=from_flat(points[0]),
+        pinned={},
+        name=name,
+        storage=storage,
+        num_samples=len(points) * len(plan.seeds),
+        max_concurrent=args.max_concurrent,
+        address=args.address,
+        resume=args.resume,
+        target_loss=plan.target_loss,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        points=points,
+        point_seeds=plan.seeds,
+        role="confirm",
+        tune_subdir=plan.run,
+    )
+    return _run(settings, plan, args.results)
+
+
+def _new_plan(args: argparse.Namespace, exp_uri: str) -> ConfirmPlan:
+    """The configurations and fresh seeds of a new confirm run, and the target it reuses."""
+    from progtune.results import read_trials
+
     trials = read_trials(f"{exp_uri}/trials.parquet")
     ref = trials[(trials["role"] == "reference") & (trials["status"] == "completed")]
     if args.scratch_budgets is not None:
@@ -112,27 +198,17 @@ def run_confirm(args: argparse.Namespace) -> int:
     target = None if len(ref) else trials["target_loss"].dropna().max()
     if not len(ref) and (target is None or math.isnan(target)):
         raise ProgtuneError(f"{args.results} has no finished reference run or target loss")
-    points = [dict(_config_key(r)) for r in best]
-    base = from_flat(dict(_config_key(best[0])))
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-    settings = SearchSettings(
-        space=Space("confirm", "confirm", "", lambda trial: {}, None, "top configurations"),
-        base=base,
-        pinned={},
-        name=name,
-        storage=storage,
-        num_samples=len(points) * len(seeds),
-        max_concurrent=args.max_concurrent,
-        address=args.address,
-        target_loss=None if len(ref) else float(target),
-        cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial,
-        points=points,
-        point_seeds=seeds,
-        role="confirm",
-        tune_subdir=f"confirm-{stamp}",
+    sources = [{"trial_id": r["trial_id"], **dict(_config_key(r))} for r in best]
+    # Plain JSON values: lists for tuples, Python numbers for numpy's.
+    sources = json.loads(json.dumps(sources, default=_json_value))
+    return ConfirmPlan(
+        f"confirm-{stamp}", sources, [int(s) for s in seeds], None if len(ref) else float(target)
     )
-    return _run(settings, best, seeds)
+
+
+def _json_value(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else list(value)
 
 
 def scratch_budget_points(ref: Any, text: str, results: str) -> tuple[list[dict], list[int]]:
@@ -157,17 +233,23 @@ def scratch_budget_points(ref: Any, text: str, results: str) -> tuple[list[dict]
     return rows, [int(row["seed"])]
 
 
-def _run(settings: Any, best: list[dict], seeds: list[int]) -> int:
+def _run(settings: Any, plan: ConfirmPlan, results: str) -> int:
     from progtune.data import prepare_data
     from progtune.local_ray import prepare_ray_env
 
     data = prepare_data(settings.base.data)
-    print(f"confirming {len(best)} configuration(s) of {settings.name} on seeds {seeds} "
-          f"({len(best) * len(seeds)} runs, role confirm)", flush=True)  # fmt: skip
+    best, seeds = plan.sources, plan.seeds
+    doing = "continuing" if settings.resume else "confirming"
+    print(f"{doing} {len(best)} configuration(s) of {settings.name} on seeds {seeds} "
+          f"({len(best) * len(seeds)} runs, role confirm, {plan.run})", flush=True)  # fmt: skip
+    plan.save(settings.exp_uri)  # before Ray starts: a crash from here on can be resumed
     tmp_root = prepare_ray_env(settings.address)
     from progtune.tuning import run_search
 
     code, state = run_search(settings, data, tmp_root)
+    if code != 130:
+        plan.finished = True
+        plan.save(settings.exp_uri)
     rows = [r for r in state.trial_rows() if r["role"] == "confirm"]
     print(f"\n{'configuration':<60} {'reached':>8} {'mean FLOPs to target':>21}")
     for source in best:
@@ -180,7 +262,7 @@ def _run(settings: Any, best: list[dict], seeds: list[int]) -> int:
         print(f"{label:<60} {len(reached):>3}/{len(runs):<4} {mean:>21}")
     print(f"results: {state.trials_path} (role confirm)")
     if code == 130:
-        print("interrupted; confirm runs are not resumable: run progtune confirm again",
+        print(f"\ninterrupted; continue with:\n  progtune confirm {shlex.quote(results)} --resume",
               file=sys.stderr)  # fmt: skip
     return code
 

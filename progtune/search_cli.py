@@ -72,12 +72,16 @@ def run_search(args: argparse.Namespace) -> int:
     from progtune.tuning import run_search as tune_run  # imports ray: after the environment
 
     code, state = tune_run(settings, data, tmp_root)
-    target = state.target
+    target, ref = state.target, state.reference
     print(
         f"\ntarget loss: {target:.4f}"
         if target is not None
         else "\ntarget loss: unknown (the reference run did not finish)"
     )
+    if ref is not None and ref.status == "failed":
+        from progtune.reference_run import failed_for_good_line
+
+        print(failed_for_good_line(ref.error, target), file=sys.stderr)
     print("\n".join(ranking_lines(state)))
     print(f"\nresults: {state.trials_path}\n         {state.curves_path}")
     if code == 130:

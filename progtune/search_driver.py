@@ -16,9 +16,10 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from progtune.budget import planned_flops
-from progtune.config import Config, flatten
+from progtune.config import Config, config_hash, flatten
+from progtune.experiment_storage import StoredCheckpoint
 from progtune.ray_cluster import cluster_can_grow, trial_slots
-from progtune.reference_run import reference_task
+from progtune.reference_run import reference_store_uri, reference_task
 from progtune.search_state import SearchSettings, SearchState, reference_config
 from progtune.trial_trainable import TargetBoard, TrialSetup, trial_config
 
@@ -39,6 +40,7 @@ class Search:
         self.gpus_per_trial = gpus
         self.searcher: ProgtuneOptunaSearch | None = None  # None for fixed-point spaces
         self.reference: Any = None  # the reference task's ObjectRef while it runs
+        self._reference_resumed_from = 0  # the checkpoint step its live rows last came from
         self._last_poll = 0.0  # when the reference's live rows were last read
         self._slots, self._slots_read = 1, -math.inf  # cluster slots, and when last read
 
@@ -70,7 +72,8 @@ class Search:
     def start_or_reuse_reference(self, data: Any) -> None:
         """Reuse a finished reference on record, else start it as a task beside the trials.
 
-        It holds one trial slot, so no slot idles while it runs.
+        It holds one trial slot, so no slot idles while it runs. One on record unfinished (a
+        resumed search) or failed continues from its last checkpoint, its curve so far kept.
         """
         ref = self.state.reference
         if ref is not None and ref.status == "completed":
@@ -80,15 +83,39 @@ class Search:
             return
         if self.settings.reference_source and self._copy_reference(self.settings.reference_source):
             return
+        self._start_reference(data)
+
+    def _start_reference(self, data: Any) -> None:
+        """The reference as a checkpointed task, retried up to `--max-failures` times (a lost
+        process or node, or an error) like a trial; each try continues from its last checkpoint
+        in the experiment's storage."""
         ref_cfg = reference_config(self.settings.base)
-        self.state.trials.pop("reference", None)
-        planned = planned_flops(ref_cfg, self.state.vocab_size)
-        self.state.start("reference", "reference", ref_cfg, planned, dt.datetime.now(dt.UTC))
+        ref = self.state.trials.get("reference")
+        if ref is not None and ref.role == "reference":  # a new record object: rewritten
+            self.state.trials["reference"] = dataclasses.replace(
+                ref, status="running", error=None, final=None, t0=time.monotonic()
+            )
+        else:
+            self.state.trials.pop("reference", None)
+            planned = planned_flops(ref_cfg, self.state.vocab_size)
+            self.state.start("reference", "reference", ref_cfg, planned, dt.datetime.now(dt.UTC))
+        store_uri = reference_store_uri(self.settings.exp_uri)
+        stored = StoredCheckpoint(store_uri).latest(config_hash(ref_cfg))
+        self._reference_resumed_from = int(stored["step"]) if stored else 0
         task = ray.remote(reference_task).options(
-            num_cpus=self.settings.cpus_per_trial, num_gpus=self.gpus_per_trial, max_retries=2
+            num_cpus=self.settings.cpus_per_trial,
+            num_gpus=self.gpus_per_trial,
+            max_retries=self.settings.max_failures,  # a killed worker or a lost node
+            retry_exceptions=True,  # and an error, as Tune retries a trial
         )
-        self.reference = task.remote(flatten(ref_cfg), data, self.setup.threads, self.setup.board)
-        print("reference run (from scratch, full depth) started beside the trials", flush=True)
+        self.reference = task.remote(
+            flatten(ref_cfg), data, self.setup.threads, self.setup.board, store_uri
+        )
+        if stored:
+            print(f"reference run continues from its checkpoint at step {stored['step']} "
+                  "beside the trials", flush=True)  # fmt: skip
+        else:
+            print("reference run (from scratch, full depth) started beside the trials", flush=True)
 
     def _copy_reference(self, source: str) -> bool:
         """Take the matching reference run of experiment `source` (found by reference_reuse)."""
@@ -124,12 +151,20 @@ class Search:
         ref, self.reference = self.reference, None
         try:
             out = ray.get(ref)
-            for row in out["curve"]:
-                self.state.add_row("reference", row)
+        except Exception as exc:  # failed for good: no target, trials still record curves
+            error = _task_error_line(exc)
+            self.state.finish("reference", "failed", None, error=error)
+            # Said now; the search's last lines say what to do about it.
+            print(f"reference run failed for good ({error})", flush=True)
+        else:
+            for row in out["curve"]:  # the whole curve: it replaces the live rows
+                self.state.add_row("reference", row, out["resumed_from"])
             self.state.finish("reference", out["status"], out["final"])
-        except Exception as exc:  # the reference failed: no target, trials still record curves
-            self.state.finish("reference", "failed", None, error=str(exc).splitlines()[0][:500])
         self.state.write(force=True)
+        if self.state.reference is not None and self.state.reference.status != "failed":
+            # Recorded for good: its checkpoint would only ever continue it (trials keep theirs
+            # for `progtune export`).
+            StoredCheckpoint(reference_store_uri(self.settings.exp_uri)).remove()
         self.publish_target()
 
     def _keep_target_published(self) -> None:
@@ -149,7 +184,12 @@ class Search:
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             rows = []  # live rows are a convenience: the task returns the whole curve
         for row in rows:
-            self.state.add_row("reference", row)
+            resumed_from = int(row.pop("resumed_from", 0) or 0)
+            if resumed_from != self._reference_resumed_from and resumed_from > 0:
+                print(f"reference run retried: continues from its checkpoint at step "
+                      f"{resumed_from}", flush=True)  # fmt: skip
+            self._reference_resumed_from = resumed_from
+            self.state.add_row("reference", row, resumed_from)
 
     def publish_target(self) -> None:
         self.setup.board.set.remote(self.state.target)
@@ -166,11 +206,19 @@ class Search:
             self.poll_reference()
 
     def cancel_reference(self) -> None:
-        """Stop a running reference run and forget it (an interrupted search reruns it)."""
+        """Stop a running reference run (an interrupted search). It stays on record unfinished,
+        with its curve so far: `--resume` continues it from its last stored checkpoint."""
         if self.reference is not None:
-            ray.cancel(self.reference, force=True)
+            ray.cancel(self.reference, force=True)  # Ray retries no cancelled task
             self.reference = None
-            self.state.trials.pop("reference", None)
+
+
+def _task_error_line(exc: BaseException) -> str:
+    """The first line of what the reference task raised (a task error carries the task's own
+    exception as its cause; a lost worker or node is Ray's own error)."""
+    cause = getattr(exc, "cause", None) or exc
+    text = f"{type(cause).__name__}: {cause}".strip()
+    return (text.splitlines() or ["the reference task failed"])[0][:500]
 
 
 def open_search(settings: SearchSettings, vocab_size: int, threads: int, gpus: float) -> Search:
