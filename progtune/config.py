@@ -131,29 +131,65 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr.warmup_fraction": 0.1,
     },
 }
-_BASE = {
+# GPU-sized presets follow the reference release (yuanyehome/Apollo-AAAI-2024-Release: its
+# full-scripts/*.sh, transformers' AdamW / Trainer defaults, the HF gpt2 and bert-base-uncased
+# configs). budget.batch_size is the GLOBAL micro-batch (data-parallel workers split it) and one
+# depth is drawn per global micro-batch, as the reference draws one per training_step, the same on
+# every rank. What still differs, and why: README "Differences from the reference implementation".
+_REFERENCE_RECIPE = {
     "model.n_layers": 12,
     "model.d_model": 768,
     "model.n_heads": 12,
-    "stages.unique_layers": (1, 3, 6, 12),
-    "stages.boundaries": (0.05, 0.1, 0.25),  # apollo.md: full-run reference boundaries
-    "budget.tokens": 10_000_000_000,
-    "budget.batch_size": 32,
-    "budget.grad_accum": 16,
+    "model.dropout": 0.1,  # HF gpt2 / bert-base-uncased: embedding, attention, residual dropout
+    "stages.unique_layers": (1, 3, 6, 12),  # --apollo_layers 1,3,6,12
+    "stages.boundaries": (0.05, 0.1, 0.25),  # --apollo_epoch_list 2,4,10,40: epochs 2, 4, 10 of 40
+    "budget.tokens": 10_000_000_000,  # the reference runs 40 epochs; progtune budgets tokens
     "eval.points": 100,
     "eval.max_tokens": 1_048_576,
-    "lr.peak": 1e-4,
-    "data.vocab_size": 32_768,
+    "lr.peak": 1e-4,  # --learning_rate 0.0001
+    "lr.schedule": "cosine",  # --lr_scheduler_type cosine (to 0)
+    "lr.min_ratio": 0.0,
+    "lr.warmup_fraction": 0.025,  # --warmup_ratio 0.025
+    "lr.weight_decay": 0.01,  # --weight_decay 0.01
+    "lr.beta1": 0.9,  # transformers' adam_beta1
+    "lr.beta2": 0.999,  # transformers' adam_beta2 (progtune's own default is 0.95)
+    "lr.grad_clip": 1.0,  # transformers' max_grad_norm
 }
-PRESETS["gpt2-base"] = {**_BASE, "model.arch": "gpt2", "model.seq_len": 1024}
+PRESETS["gpt2-base"] = {
+    **_REFERENCE_RECIPE,
+    "model.arch": "gpt2",
+    "model.seq_len": 1024,  # the gpt2 tokenizer's block size
+    # The gpt2 tokenizer's 50,257 rounded up to a multiple of 64 (tensor-core friendly shapes):
+    # the output head's FLOPs share stays the reference's (within 0.1 %).
+    "data.vocab_size": 50_304,
+    # run_pretrain_gpt2_apollo_32gpus.sh: 12 per device x 32 GPUs = 384 per micro-batch, 2
+    # micro-batches per step: 768 sequences (786,432 tokens) and 2 depth draws per step (the
+    # paper's text says 512 sequences for GPT; the released script is followed).
+    "budget.batch_size": 384,
+    "budget.grad_accum": 2,
+}
+# No Llama in the reference: llama-base takes gpt2-base's recipe and batch shape, with Llama's
+# own architecture choices (grouped-query attention, SwiGLU, and no dropout: HF Llama has only an
+# attention dropout, 0 in every published Llama config).
 PRESETS["llama-base"] = {
-    **_BASE,
+    **PRESETS["gpt2-base"],
     "model.arch": "llama",
-    "model.seq_len": 1024,
     "model.n_kv_heads": 4,
     "model.d_ff": 2048,
+    "model.dropout": 0.0,
+    "data.vocab_size": 32_768,
 }
-PRESETS["bert-base"] = {**_BASE, "model.arch": "bert", "model.seq_len": 512}
+PRESETS["bert-base"] = {
+    **_REFERENCE_RECIPE,
+    "model.arch": "bert",
+    "model.seq_len": 512,  # bert-base-uncased's max_seq_length
+    "model.mask_fraction": 0.15,  # DataCollatorForLanguageModeling's mlm_probability
+    "data.vocab_size": 30_528,  # bert-base-uncased's 30,522 rounded up to a multiple of 64
+    # run_pretrain_bert_apollo.sh: 48 per device, no accumulation; the paper trains BERT at 768
+    # sequences per step, i.e. 16 GPUs (the release's README: 32 GPUs, which would be 1,536).
+    "budget.batch_size": 768,
+    "budget.grad_accum": 1,
+}
 DEFAULT_PRESET = "cpu-small"
 
 
