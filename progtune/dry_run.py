@@ -1,4 +1,5 @@
-"""`progtune search|train --dry-run`: what would run, its FLOPs, time and epochs; no training."""
+"""`progtune search|train --dry-run`: what would run, its FLOPs, time, epochs and peak memory per
+GPU (a micro-batch that cannot fit a visible GPU is refused); no training."""
 
 from __future__ import annotations
 
@@ -14,8 +15,19 @@ if TYPE_CHECKING:
     from progtune.search_state import SearchSettings
 
 
-def measured_flops_rate(cfg: Config, threads: int) -> float:
-    """FLOP/s of this machine on the preset's model: 3 timed full-depth steps (after 1 warm-up)."""
+def workers_of(options: object) -> int:
+    """Workers that split a trial's micro-batch: --workers-per-trial, else an integer
+    --gpus-per-trial above 1, else 1 (`options`: parsed arguments or SearchSettings)."""
+    workers = getattr(options, "workers_per_trial", None)
+    if workers:
+        return int(workers)
+    gpus = getattr(options, "gpus_per_trial", None)
+    return int(gpus) if gpus and gpus > 1 and float(gpus).is_integer() else 1
+
+
+def measured_flops_rate(cfg: Config, threads: int, workers: int = 1) -> float:
+    """FLOP/s of this machine on the preset's model: 3 timed full-depth steps (after 1 warm-up)
+    of one worker's share of the micro-batch."""
     import torch
 
     from progtune.model import ProgressiveLM, train_flops
@@ -27,7 +39,8 @@ def measured_flops_rate(cfg: Config, threads: int) -> float:
     model = ProgressiveLM(cfg.model, vocab, cfg.model.n_layers, "interpolation").to(device)
     opt = make_optimizer(model, cfg, device)
     bf16 = use_bf16(cfg, device)
-    x = torch.randint(0, vocab, (cfg.budget.batch_size, cfg.model.seq_len), device=device)
+    micro = -(-cfg.budget.batch_size // workers)
+    x = torch.randint(0, vocab, (micro, cfg.model.seq_len), device=device)
     times = []
     for _ in range(4):
         t0 = time.perf_counter()
@@ -45,6 +58,7 @@ def measured_flops_rate(cfg: Config, threads: int) -> float:
 def dry_run(settings: SearchSettings) -> int:
     """Print the reference and `num_samples` draws of the space with FLOPs and estimated time."""
     from progtune.budget import planned_flops
+    from progtune.memory_plan import memory_line
     from progtune.search_state import reference_config
     from progtune.spaces import sample_configs
     from progtune.train_cli import describe
@@ -54,8 +68,10 @@ def dry_run(settings: SearchSettings) -> int:
         settings.space, base, settings.pinned, settings.num_samples, settings.search_seed
     )
     threads = max(1, int(settings.cpus_per_trial))
-    rate = measured_flops_rate(base, threads)
     vocab = base.data.vocab_size
+    workers = workers_of(settings)
+    memory = memory_line(base, vocab, workers)  # refuses before the timing steps
+    rate = measured_flops_rate(base, threads, workers)
     print(
         f"dry run of space {settings.space.name} ({settings.num_samples} trials + reference); "
         f"times from a measured {rate / 1e9:.2f} GFLOP/s on {threads} thread(s)"
@@ -66,6 +82,7 @@ def dry_run(settings: SearchSettings) -> int:
             "these are random draws of the space)"
         )
     _print_epochs(base, [base, *configs])
+    print(memory)
     total_flops = 0.0
     rows = [("reference", reference_config(base))] + [
         (f"trial {i}", c) for i, c in enumerate(configs)
@@ -101,14 +118,17 @@ def train_dry_run(args: argparse.Namespace) -> int:
     from progtune.batches import epochs_line
     from progtune.budget import planned_flops
     from progtune.config import parse_assignments, resolve
+    from progtune.memory_plan import memory_line
     from progtune.train_cli import describe, prepare_and_say
 
     cfg = resolve(args.preset, args.config, parse_assignments(args.overrides))
     print(f"progtune train --dry-run: {describe(cfg)}", flush=True)
     data = prepare_and_say(cfg)
     print(epochs_line(cfg, len(data.train)))
+    workers = workers_of(args)
+    print(memory_line(cfg, data.vocab_size, workers), flush=True)
     threads = cfg.runtime.threads or os.cpu_count() or 1
-    rate = measured_flops_rate(cfg, threads)
+    rate = measured_flops_rate(cfg, threads, workers)
     flops = planned_flops(cfg, data.vocab_size)
     print(
         f"planned: {flops:.3e} training FLOPs, ~{flops / rate:.0f}s at a measured "

@@ -6,9 +6,9 @@ import copy
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from progtune.chunked_loss import LOSS_CHUNK_ROWS, chunked_cross_entropy
 from progtune.config import ModelConfig
 from progtune.growth import growth_map, layer_plan
 
@@ -167,6 +167,7 @@ class ProgressiveLM(nn.Module):
         all_blocks = list(getattr(parent, attr))
         del parent._modules[attr]
         self.blocks = nn.ModuleList(all_blocks[:k])
+        self.loss_chunk_rows = LOSS_CHUNK_ROWS  # rows of logits alive at once (tests shrink it)
         self.set_depth(k)
 
     @property
@@ -189,17 +190,23 @@ class ProgressiveLM(nn.Module):
         return plan
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor) -> Loss:
-        """Mean cross-entropy. Causal: `targets` are the next tokens. BERT: -100 where unscored."""
+        """Mean cross-entropy. Causal: `targets` are the next tokens. BERT: -100 where unscored.
+
+        The head's logits exist only `loss_chunk_rows` rows at a time (chunked_loss.py).
+        """
         if self.m.arch == "bert":
             hidden = self.hf.bert(input_ids=input_ids).last_hidden_state
             scored = targets != -100
-            logits = self.hf.cls(hidden[scored])  # the head runs only where it scores
-            loss = F.cross_entropy(logits.float(), targets[scored])
+            head = self.hf.cls.predictions
+            rows = head.transform(hidden[scored])  # the head runs only where it scores
+            loss = chunked_cross_entropy(
+                rows, head.decoder.weight, head.decoder.bias, targets[scored], self.loss_chunk_rows
+            )
             return Loss(loss, int(scored.sum()))
         base = self.hf.transformer if self.m.arch == "gpt2" else self.hf.model
         hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state
-        logits = self.hf.lm_head(hidden)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        head = self.hf.lm_head
+        loss = chunked_cross_entropy(hidden, head.weight, head.bias, targets, self.loss_chunk_rows)
         return Loss(loss, targets.numel())
 
     @torch.no_grad()
