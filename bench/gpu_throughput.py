@@ -1,7 +1,11 @@
 """GPU throughput of progtune's model: tokens/s, FLOP/s, MFU and step time per executed depth.
 
     python bench/gpu_throughput.py [--preset gpt2-base] [--steps N] [--warmup N]
-        [--time-limit 300] [--peak-tflops X] [--no-compile] [--json PATH] [KEY=VALUE ...]
+        [--time-limit 300] [--peak-tflops X] [--matmul-size N] [--no-compile] [--json PATH]
+        [KEY=VALUE ...]
+
+One GPU: a base preset's budget.batch_size is the global micro-batch of all data-parallel
+workers, so pass one GPU's share, e.g. budget.batch_size=48 (gpt2-base's 384 over 8 GPUs).
 
 Synthetic tokens (torch.randint over data.vocab_size: no corpus, tokenizer or download). One step
 is the training loop's micro-batch step (progtune.train): set_depth, forward under bf16 autocast
@@ -17,6 +21,9 @@ torch.cuda.synchronize().
 2. Full depth, each transformer block compiled on its own (torch.compile per block module, not
    the whole model: the progressive model changes its layer list every micro-batch). Skipped with
    --no-compile; a compile error is recorded and the run continues.
+0. A large square matmul in the run's dtype (--matmul-size, default 8192 on CUDA, 256 on a
+   CPU; 0 skips it): the card's attainable dense FLOP/s. Every figure's MFU is also given against
+   it (mfu_vs_matmul), beside the datasheet MFU.
 3. Step time per executed depth d = 1..L against its FLOPs share flops_per_token(d) /
    flops_per_token(L). These rows use a second ProgressiveLM with k = 1 unique block laid out
    over d positions (set_depth needs k <= d, so the k = L model cannot run shallower), as stage 1
@@ -34,6 +41,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -50,6 +58,7 @@ from throughput_phases import (
     install_backstop,
     set_alarm,
 )
+from throughput_steps import measure
 
 from progtune.errors import ProgtuneError
 
@@ -120,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=_count(0), default=3, help="untimed steps before each")
     p.add_argument("--time-limit", type=_positive, default=300.0, help="seconds for everything")
     p.add_argument("--peak-tflops", type=_positive, help="peak TFLOP/s for MFU (default: table)")
+    p.add_argument(
+        "--matmul-size",
+        type=_count(0),
+        help="N for the N x N x N matmul yardstick (default 8192 on CUDA, 256 on a CPU; 0 = skip)",
+    )
     p.add_argument("--no-compile", action="store_true", help="skip the per-block compiled run")
     p.add_argument("--json", metavar="PATH", help="also write every figure here (atomically)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="progtune knob overrides")
@@ -158,6 +172,9 @@ def run(args: argparse.Namespace, start: float) -> tuple[int, dict]:
     phase, rows = "eager", {}
     try:
         set_alarm(max(0.01, start + args.time_limit - margin - time.perf_counter()))
+        phase = "matmul"
+        matmul_phase(b)
+        phase = "eager"
         model, batches, step, eager = eager_phase(b)
         phase = "depths"
         depth_phase(b, batches, eager, rows)
@@ -280,6 +297,7 @@ def _payload(b: Bench, name: str, peak_note: str) -> dict[str, Any]:
         "steps_requested": args.steps,
         "warmup_requested": args.warmup,
         "time_limit_s": args.time_limit,
+        "matmul": None,
         "eager": None,
         "peak_memory_bytes": None,
         "compiled": None,
@@ -288,9 +306,68 @@ def _payload(b: Bench, name: str, peak_note: str) -> dict[str, Any]:
     }
 
 
+def matmul_phase(b: Bench) -> None:
+    """0. The N x N x N matmul yardstick in the run's dtype; fills out["matmul"]."""
+    import torch
+
+    size = b.args.matmul_size
+    if size is None:
+        size = 8192 if b.cuda else 256
+    if size == 0:
+        return
+    dtype = torch.bfloat16 if b.bf16 else torch.float32
+    per_step = 10  # products back to back per timed step: the synchronisation costs little
+    warm, times = _time_matmuls(b, size, dtype, per_step)  # its tensors are freed on return
+    if b.cuda:
+        torch.cuda.empty_cache()
+    flops = 2.0 * size**3 * per_step / statistics.median(times)
+    of_peak = flops / b.peak if b.peak else None
+    b.out["matmul"] = {
+        "size": size,
+        "dtype": "bf16" if b.bf16 else "fp32",
+        "products_per_step": per_step,
+        "warmup_steps": len(warm),
+        "steps": len(times),
+        "flops_per_s": flops,
+        "of_peak": of_peak,
+    }
+    share = f" ({of_peak:.1%} of the {b.peak / 1e12:g} TFLOP/s peak)" if of_peak else ""
+    print(f"matmul {size}^3 {b.out['matmul']['dtype']}: {flops / 1e12:.3f} TFLOP/s{share}")
+
+
+def _time_matmuls(b: Bench, size: int, dtype: Any, per_step: int) -> tuple[list, list]:
+    """(warm-up, timed) seconds of steps of `per_step` products of random matrices (zeros would
+    run faster than real data)."""
+    import torch
+
+    gen = torch.Generator(device=b.device).manual_seed(0)
+    x, y = (torch.randn(size, size, generator=gen, device=b.device, dtype=dtype) for _ in "xy")
+    product = torch.empty_like(x)
+
+    def step() -> None:
+        for _ in range(per_step):
+            torch.mm(x, y, out=product)
+
+    return measure(step, 3, 10, time.perf_counter() + 10.0, b.sync)
+
+
+def _against_matmul(out: dict[str, Any]) -> None:
+    """Add mfu_vs_matmul (achieved / measured matmul FLOP/s) to every figure; print eager's."""
+    matmul = (out.get("matmul") or {}).get("flops_per_s")
+    figures = [out.get("eager"), out.get("compiled"), *out.get("depths", [])]
+    for fig in figures:
+        if isinstance(fig, dict) and "achieved_flops_per_s" in fig:
+            fig["mfu_vs_matmul"] = fig["achieved_flops_per_s"] / matmul if matmul else None
+    for label, fig in (("eager", out.get("eager")), ("compiled", out.get("compiled"))):
+        if isinstance(fig, dict) and fig.get("mfu_vs_matmul") is not None:
+            datasheet = f"{fig['mfu']:.1%} of the datasheet peak, " if fig["mfu"] else ""
+            print(f"full depth, {label}: MFU {datasheet}{fig['mfu_vs_matmul']:.1%} of the matmul")
+
+
 def _finish(b: Bench, start: float, json_path: Path | None) -> tuple[int, dict]:
     """Closing lines and the JSON; exit 1 when not even the eager phase finished."""
     args, out, cuts = b.args, b.out, b.cuts
+    _against_matmul(out)
     out["wall_s"] = time.perf_counter() - start
     print(f"cut: {'; '.join(cuts) if cuts else 'nothing'}")
     print(f"wall {out['wall_s']:.1f} s of the {args.time_limit:g} s limit")
