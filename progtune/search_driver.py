@@ -160,6 +160,9 @@ class Search:
             for row in out["curve"]:  # the whole curve: it replaces the live rows
                 self.state.add_row("reference", row, out["resumed_from"])
             self.state.finish("reference", out["status"], out["final"])
+            if out["resumed_from"]:
+                print(f"reference run {out['status']} (continued from its checkpoint at step "
+                      f"{out['resumed_from']})", flush=True)  # fmt: skip
         self.state.write(force=True)
         if self.state.reference is not None and self.state.reference.status != "failed":
             # Recorded for good: its checkpoint would only ever continue it (trials keep theirs

@@ -24,6 +24,7 @@ from search_processes import (
     assert_every_trial_once,
     expected_steps,
     kill_marked,
+    read_or_none,
     run_cli,
     wait_for,
 )
@@ -32,6 +33,7 @@ from test_faults_trials import CURVE_COLUMNS, _knob_overrides
 from progtune.config import config_hash, flatten, with_overrides
 from progtune.experiment_storage import StoredCheckpoint
 from progtune.reference_run import reference_store_uri, reference_task
+from progtune.results import read_curves, read_trials
 from progtune.search_state import reference_config
 
 
@@ -102,10 +104,21 @@ def test_reference_task_continues_from_its_stored_checkpoint(
 
 
 # ---------------------------------------------------------------------------- slow: real processes
-# One search trial beside the reference; the reference checkpoints at each of 16 evaluations.
+# The reference checkpoints at each of 16 evaluations. Its budget comes from a config file, not
+# the command line, so the search space can give its one trial an eighth of it: the trial is done
+# long before the driver is killed, and only the reference is in flight then (Tune saves its own
+# experiment state at most every 10 s, so a trial checkpointing faster than that can be restored
+# from a checkpoint it already deleted: not what this file tests).
 _KNOBS = {"budget.tokens": 262144, "eval.points": 16}
-_SEARCH = ["--space", "smoke", "--preset", "tiny", "--num-samples", "1", "--cpus-per-trial", "1",
-           *(f"{k}={v}" for k, v in _KNOBS.items())]  # fmt: skip
+_CONFIG = "budget:\n  tokens: 262144\neval:\n  points: 16\n"
+_SHORT_TRIALS = '''"""One short trial beside a long reference."""
+
+
+def define(trial):
+    return {"budget.tokens": 32768, "lr.peak": trial.suggest_float("lr.peak", 2e-3, 4e-3)}
+'''
+_SEARCH = ["--space", "short.py", "--config", "base.yaml", "--preset", "tiny", "--num-samples",
+           "1", "--cpus-per-trial", "1"]  # fmt: skip
 _RETRIED = re.compile(r"reference run retried: continues from its checkpoint at step (\d+)")
 _CONTINUES = re.compile(r"reference run continues from its checkpoint at step (\d+)")
 
@@ -116,6 +129,12 @@ def _stored_step(exp: Path) -> int:
         return json.loads((exp / "reference_run" / "latest.json").read_text())["step"]
     except (OSError, ValueError):
         return 0
+
+
+def _search_trial_done(exp: Path) -> bool:
+    """trials.parquet records the search trial as completed."""
+    trials = read_or_none(read_trials, exp / "trials.parquet")
+    return trials is not None and "completed" in set(trials[trials.role == "search"]["status"])
 
 
 class Killed:
@@ -134,6 +153,8 @@ def reference_killed(tmp_path_factory) -> Killed:
     out = Killed()
     tmp = out.tmp = tmp_path_factory.mktemp("refkill")
     out.exp = tmp / "res" / "r"
+    (tmp / "short.py").write_text(_SHORT_TRIALS)
+    (tmp / "base.yaml").write_text(_CONFIG)
     d = out.first = Driver(tmp, [*_SEARCH, "--storage", str(tmp / "res"), "--name", "r"])
     total = expected_steps(**_KNOBS)[-1]
     try:
@@ -148,8 +169,14 @@ def reference_killed(tmp_path_factory) -> Killed:
         time.sleep(0.5)
         out.killed_at = _stored_step(out.exp)  # read after the kill: no upload can follow it
         wait_for(lambda: _RETRIED.search(d.stdout), 120, d, "the reference retried")
-        beyond = lambda: _stored_step(out.exp) > out.killed_at  # noqa: E731
-        wait_for(beyond, 300, d, "a checkpoint of the retried reference")
+        wait_for(lambda: _search_trial_done(out.exp), 300, d, "the search trial's end")
+        done_at = time.time()
+
+        def retried_checkpoint_and_trial_saved() -> bool:
+            return _stored_step(out.exp) > out.killed_at and time.time() - done_at > 12
+
+        wait_for(retried_checkpoint_and_trial_saved, 300, d, "a checkpoint of the retry")
+        assert _stored_step(out.exp) < total, "the reference finished before the driver kill"
         d.processes()  # note its Ray temp folder
         os.kill(d.pid, signal.SIGKILL)
         d.wait(60)
@@ -180,10 +207,11 @@ def test_resumed_search_continues_the_reference_and_its_curve_is_uninterrupted(r
     continued = [int(m) for m in _CONTINUES.findall(run.resumed.stdout)]
     assert continued == [run.driver_killed_at] and continued[0] > run.killed_at, shown
     assert "reference run (from scratch, full depth) started" not in run.resumed.stdout, shown
+    # ... and the task really did (the driver's line above reads only the stored marker).
+    finished = f"reference run completed (continued from its checkpoint at step {continued[0]})"
+    assert finished in run.resumed.stdout, shown
     trials = assert_every_trial_once(run.exp, 1)
     assert not (run.exp / "reference_run").exists()  # recorded: its checkpoint is gone
-    from progtune.results import read_curves, read_trials
-
     ref = trials[trials["role"] == "reference"].iloc[0]
     curves = read_curves(run.exp / "curves.parquet")
     curve = curves[curves["trial_id"] == ref["trial_id"]].reset_index(drop=True)
@@ -205,10 +233,10 @@ def test_reference_failed_for_good_says_how_to_go_on_and_resume_retries_it(tmp_p
     """--max-failures 0: one kill fails it for good. The trial is kept, exit 1, one line says how
     to give a target; --resume then continues the reference from its checkpoint."""
     exp = tmp_path / "res" / "f"
-    knobs = [f"{k}={v}" for k, v in _KNOBS.items()]
-    d = drivers(tmp_path, "--space", "smoke", "--preset", "tiny", "--num-samples", "1",
-                "--cpus-per-trial", "1", "--max-failures", "0", "--storage", str(tmp_path / "res"),
-                "--name", "f", *knobs)  # fmt: skip
+    (tmp_path / "short.py").write_text(_SHORT_TRIALS)
+    (tmp_path / "base.yaml").write_text(_CONFIG)
+    d = drivers(tmp_path, *_SEARCH, "--max-failures", "0", "--storage", str(tmp_path / "res"),
+                "--name", "f")  # fmt: skip
 
     def reference_process():
         pids = [p for p, c in d.processes().items() if c.startswith("ray::reference_task")]
@@ -223,8 +251,6 @@ def test_reference_failed_for_good_says_how_to_go_on_and_resume_retries_it(tmp_p
         ": no target loss; rerun with --resume --target-loss X (e.g. the final loss of a finished "
         "run) to score the trials, or --resume alone to try it again from its last checkpoint"
     ), lines[0]
-    from progtune.results import read_trials
-
     trials = read_trials(exp / "trials.parquet")
     ref, trial = trials[trials.role == "reference"].iloc[0], trials[trials.role == "search"].iloc[0]
     assert ref["status"] == "failed" and ref["error"], ref["error"]
