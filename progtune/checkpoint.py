@@ -42,9 +42,15 @@ class RunState:
 
 
 def save_checkpoint(
-    directory: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, st: RunState, cfg: Config
+    directory: Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    st: RunState,
+    cfg: Config,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
-    """Atomic: written into a temp folder beside `directory`, then swapped in."""
+    """Atomic: written into a temp folder beside `directory`, then swapped in. `scaler`: the fp16
+    grad scaler, whose loss scale a resumed run continues from."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     payload = {
@@ -58,6 +64,8 @@ def save_checkpoint(
         "config_hash": config_hash(cfg),
         "config": json.dumps(flatten(cfg), default=list),
     }
+    if scaler is not None:  # only fp16 runs have one; other checkpoints keep their old contents
+        payload["grad_scaler"] = scaler.state_dict()
     with open(tmp / CHECKPOINT_FILE, "wb") as f:
         torch.save(payload, f)
         f.flush()
@@ -105,11 +113,14 @@ def restore_checkpoint(
     model: torch.nn.Module,
     opt: torch.optim.Optimizer,
     depth_rng: np.random.Generator,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> RunState:
-    """Put a loaded checkpoint back into a freshly built model, optimizer and depth generator,
-    and torch's generators (dropout); returns the run state to continue from."""
+    """Put a loaded checkpoint back into a freshly built model, optimizer, depth generator and
+    fp16 grad scaler, and torch's generators (dropout); returns the run state to continue from."""
     model.load_state_dict(payload["model"])
     opt.load_state_dict(payload["optimizer"])
+    if scaler is not None and payload.get("grad_scaler"):
+        scaler.load_state_dict(payload["grad_scaler"])
     st = RunState(**json.loads(payload["state"]))
     depth_rng.bit_generator.state = st.depth_rng
     torch.set_rng_state(payload["torch_rng"])

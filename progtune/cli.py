@@ -49,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--export", metavar="DIR", help="also save the final model (save_pretrained)")
     t.add_argument("--quiet", action="store_true", help="print only the summary")
     t.add_argument(
+        "--workers-per-trial",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train the run data-parallel on N local CPU processes (gloo) splitting each "
+        "micro-batch; budget.batch_size must be a multiple of N (default 1)",
+    )
+    t.add_argument(
         "--dry-run",
         action="store_true",
         help="prepare the data and print planned FLOPs, time and epochs; do not train",

@@ -12,7 +12,8 @@ SAMPLING_STRATEGIES = ("lvps", "uniform", "edge", "full", "none")
 GROWTH_OPERATORS = ("interpolation", "stacking")
 OPTIMIZER_STATE_POLICIES = ("keep", "reset", "copy")
 LR_SCHEDULES = ("cosine", "linear", "constant")
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+SAMPLING_PER = ("micro_batch", "step")
 
 
 def require(ok: bool, key: str, message: str) -> None:
@@ -160,16 +161,18 @@ class StagesConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Depth sampler drawing the executed depth for every micro-batch (see sampling.py)."""
+    """Depth sampler drawing the executed depth of every global micro-batch (see sampling.py)."""
 
     strategy: str = "lvps"  # lvps | uniform | edge | full | none
     lvps_low: float = 0.6  # lvps/edge: smallest y is this offset (reference 0.6)
     lvps_high: float = 0.4  # lvps/edge: largest y is r + this offset (reference 0.4)
     edge_slope: float = 20.0  # edge: slope of the logistic in u
+    per: str = "micro_batch"  # micro_batch (reference: one depth per global micro-batch) | step
 
     def check(self) -> None:
         """The first broken rule of this section raises ConfigError naming its key."""
         _one_of(self.strategy, SAMPLING_STRATEGIES, "sampling.strategy")
+        _one_of(self.per, SAMPLING_PER, "sampling.per")
         require(self.lvps_low > 0, "sampling.lvps_low", f"must be > 0, got {self.lvps_low}")
         require(self.lvps_high >= 0, "sampling.lvps_high", f"must be >= 0, got {self.lvps_high}")
         require(self.edge_slope > 0, "sampling.edge_slope", f"must be > 0, got {self.edge_slope}")
@@ -272,9 +275,10 @@ class RuntimeConfig:
     """Where and how the run executes; none of this changes the maths."""
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 where supported) | bf16 | fp32
+    precision: str = "auto"  # auto (bf16 if native, else CUDA fp16 / fp32) | bf16 | fp16 | fp32
     threads: int = 0  # torch threads; 0 = leave torch's default
     checkpoint_every: int = 1  # write a checkpoint every N evaluations (0 = only at the end)
+    compile: bool = False  # torch.compile every unique block (again after each growth)
 
     def check(self) -> None:
         """The first broken rule of this section raises ConfigError naming its key."""

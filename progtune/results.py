@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 # Nullable columns added within version 1: older files read with them empty.
-ADDED_COLUMNS = frozenset({"precision"})
+ADDED_COLUMNS = frozenset({"precision", "workers", "sampling.per", "runtime.compile"})
 SCHEMA_KEY = b"progtune.schema_version"
 KIND_KEY = b"progtune.kind"
 KINDS = ("trials", "curves")
@@ -68,7 +68,8 @@ _TRIAL_TAIL = [
     *[(n, _str) for n in ("progtune_version", "git_sha", "config_hash", "data_fingerprint")],
     ("device", _str),
     ("threads", _i64),
-    ("precision", _str),  # what runtime.precision resolved to (bf16 | fp32); added in 0.2
+    ("precision", _str),  # what runtime.precision resolved to (bf16 | fp16 | fp32); added in 0.2
+    ("workers", _i64),  # data-parallel ranks that trained the run; added with issue 12
     *[(f"{lib}_version", _str) for lib in ("python", "torch", "transformers", "ray", "optuna")],
     ("started_at", pa.timestamp("us", tz="UTC")),
 ]

@@ -1,4 +1,4 @@
-"""Depth samplers: the executed depth d (k <= d <= L) drawn for every micro-batch (apollo.md 3)."""
+"""Depth samplers: the executed depth d (k <= d <= L) of a global micro-batch (apollo.md 3)."""
 
 from __future__ import annotations
 

@@ -96,6 +96,7 @@ def trial_row(
         "device": result.device,
         "threads": result.threads,
         "precision": getattr(result, "precision", None),
+        "workers": getattr(result, "workers", None),
         "started_at": started_at or dt.datetime.now(dt.UTC),
         **provenance(),
     }

@@ -36,8 +36,18 @@ from progtune.checkpoint import (
 from progtune.checkpoint import checkpoint_meta as checkpoint_meta
 from progtune.checkpoint import load_checkpoint as load_checkpoint
 from progtune.config import Config
+from progtune.data_parallel import Ranks, agreed, all_reduce_sum, sync_unless_last, wrap_model
 from progtune.errors import ConfigError
 from progtune.model import ProgressiveLM, train_flops
+from progtune.run_device import (
+    autocast,
+    compile_blocks,
+    grad_scaler,
+    set_up_process,
+    uncompile_blocks,
+)
+from progtune.run_device import pick_device as pick_device
+from progtune.run_device import use_bf16 as use_bf16
 from progtune.sampling import draw_depth
 from progtune.schedules import lr_at
 
@@ -61,7 +71,8 @@ class TrainResult:
     device: str
     threads: int
     data_fingerprint: str
-    precision: str = "fp32"  # what runtime.precision resolved to: bf16 (autocast) | fp32
+    precision: str = "fp32"  # what runtime.precision resolved to: bf16 | fp16 (autocast) | fp32
+    workers: int = 1  # data-parallel ranks that trained the run (world size)
 
     def totals(self) -> dict[str, Any]:
         """Everything but the curve and status: the summary a trial reports at its end."""
@@ -95,24 +106,6 @@ class Plan:
         points = {round(i * total / cfg.eval.points) for i in range(1, cfg.eval.points + 1)}
         evals = sorted(points | set(growth) | {0, total})
         return cls(total, growth, evals, tokens_per_micro)
-
-
-def pick_device(cfg: Config) -> torch.device:
-    want = cfg.runtime.device
-    if want == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if want.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"runtime.device={want} but no CUDA device is visible; use auto or cpu")
-    return torch.device(want)
-
-
-def use_bf16(cfg: Config, device: torch.device) -> bool:
-    if cfg.runtime.precision != "auto":
-        return cfg.runtime.precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    return bool(check and check())
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -158,10 +151,12 @@ def grow_with_optimizer(
 
 @torch.no_grad()
 def evaluate_batches(
-    model: ProgressiveLM, cfg: Config, val_windows: torch.Tensor, data, device, bf16: bool
+    model: ProgressiveLM, cfg: Config, val_windows: torch.Tensor, data, device, bf16: bool | str
 ) -> tuple[list[float], list[int]]:
     """Full-depth held-out loss of each evaluation batch and its scored positions; fixed windows
-    and fixed masks, so every run sees the same batches (paired comparisons)."""
+    and fixed masks, so every run sees the same batches (paired comparisons). `bf16`: the
+    precision (bf16 | fp16 | fp32), or True / False for bf16 / fp32."""
+    precision = bf16 if isinstance(bf16, str) else ("bf16" if bf16 else "fp32")
     was_training = model.training
     model.eval()
     model.set_depth(cfg.model.n_layers)
@@ -169,7 +164,7 @@ def evaluate_batches(
     losses, counts = [], []
     for i in range(0, len(val_windows), cfg.eval.batch_size):
         x, y = model_inputs(cfg, val_windows[i : i + cfg.eval.batch_size], rng, data)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(device, precision):
             loss = model(x.to(device), y.to(device))
         losses.append(float(loss.value))
         counts.append(loss.n_scored)
@@ -178,7 +173,7 @@ def evaluate_batches(
 
 
 def evaluate(
-    model: ProgressiveLM, cfg: Config, val_windows: torch.Tensor, data, device, bf16: bool
+    model: ProgressiveLM, cfg: Config, val_windows: torch.Tensor, data, device, bf16: bool | str
 ) -> float:
     """Full-depth held-out loss, weighted by scored positions; fixed windows and fixed masks."""
     total, count = 0.0, 0
@@ -191,15 +186,16 @@ def evaluate(
 
 
 # ---------------------------------------------------------------------------- one run
-def _set_up_runtime(cfg: Config) -> tuple[torch.device, bool]:
-    """Threads, device and matmul precision for this process; (device, use bf16 autocast)."""
-    if cfg.runtime.threads:
-        torch.set_num_threads(cfg.runtime.threads)
-    device = pick_device(cfg)
+def _scored_positions(cfg: Config, targets: torch.Tensor) -> int:
+    """Positions the head scores in `targets` (host tensor: counting needs no device sync)."""
+    return int((targets != -100).sum()) if cfg.model.arch == "bert" else targets.numel()
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device; on CUDA through pinned memory, so the copy does not wait for the GPU."""
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return device, use_bf16(cfg, device)
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 class _Run:
@@ -215,7 +211,9 @@ class _Run:
     ) -> None:
         """Set up a fresh run, or one continued from the checkpoint in `resume_from`."""
         self.cfg, self.data, self.report, self.checkpoint_dir = cfg, data, report, checkpoint_dir
-        self.device, self.bf16 = _set_up_runtime(cfg)
+        self.ranks = Ranks.current()
+        self.rows = self.ranks.share(cfg.budget.batch_size)  # this rank's rows of a micro-batch
+        self.device, self.precision = set_up_process(cfg, self.ranks)
         self.plan = Plan.of(cfg)
         self.batches = TrainingWindows(data.train, cfg.model.seq_len, cfg.seed)
         self.val = val_windows(cfg, data.val)
@@ -226,11 +224,21 @@ class _Run:
             cfg.model, data.vocab_size, k0, cfg.growth.operator, data.eos_id, data.pad_id
         ).to(self.device)
         self.opt = make_optimizer(self.model, cfg, self.device)
-        self.depth_rng = np.random.default_rng([cfg.seed, 0xDE97])  # one draw per micro-batch
+        self.scaler = grad_scaler(self.precision, self.device)
+        # One draw per global micro-batch (or step): the same seed gives every rank the same depth.
+        self.depth_rng = np.random.default_rng([cfg.seed, 0xDE97])
         self.st = RunState()
         if payload:
-            self.st = restore_checkpoint(payload, self.model, self.opt, self.depth_rng)
+            self.st = restore_checkpoint(payload, self.model, self.opt, self.depth_rng, self.scaler)
         self.model.train()
+        self.trained = self.prepare_trained_module()
+
+    def prepare_trained_module(self) -> torch.nn.Module:
+        """Compile the blocks (runtime.compile) and wrap in DDP (world > 1): what a micro-batch
+        calls. Again after every growth: new blocks, new parameters."""
+        if self.cfg.runtime.compile:
+            compile_blocks(self.model.blocks)
+        return wrap_model(self.model, self.ranks, self.device)
 
     # ------------------------------------------------------------------ training
     def grow_due_stages(self) -> None:
@@ -239,9 +247,11 @@ class _Run:
         while st.stage < bisect.bisect_right(self.plan.growth_steps, st.step):
             t0 = time.perf_counter()
             st.stage += 1
+            uncompile_blocks(self.model.blocks)
             self.opt = grow_with_optimizer(
                 self.model, self.opt, self.cfg.stages.unique_layers[st.stage], self.cfg, self.device
             )
+            self.trained = self.prepare_trained_module()
             st.wall_s += time.perf_counter() - t0
 
     def draw_micro_depth(self) -> int:
@@ -249,28 +259,66 @@ class _Run:
         cfg = self.cfg
         return draw_depth(self.depth_rng, len(self.model.blocks), cfg.model.n_layers, cfg.sampling)
 
+    def step_depths(self) -> list[int]:
+        """The depths of the step's micro-batches: one draw each, or one for all (sampling.per)."""
+        accum = self.cfg.budget.grad_accum
+        if self.cfg.sampling.per == "step":
+            return [self.draw_micro_depth()] * accum
+        return [self.draw_micro_depth() for _ in range(accum)]
+
     def optimizer_step(self) -> bool:
         """One optimizer step over `grad_accum` micro-batches; False (and no update) when a
-        micro-batch loss was not finite."""
+        micro-batch loss was not finite. Losses reach the host once here, not per micro-batch."""
         cfg, st, plan, opt = self.cfg, self.st, self.plan, self.opt
         t0 = time.perf_counter()
         lr = lr_at(st.step, plan.total_steps, cfg.lr, plan.growth_steps)
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
-        finite = True
-        for _ in range(cfg.budget.grad_accum):
-            finite = self.micro_step(self.draw_micro_depth()) and finite
+        if self.ranks.world > 1:  # dropout: other rows per rank; a function of the step (resume)
+            seq = np.random.SeedSequence([cfg.seed, self.ranks.rank, st.step, 0xD809])
+            torch.manual_seed(int(seq.generate_state(1)[0]))
+        depths = self.step_depths()
+        parts = [self.micro_step(d, i == len(depths) - 1) for i, d in enumerate(depths)]
+        values = self.global_losses(parts)
+        for value in values:  # summed in micro-batch order, as the curve always was
+            st.loss_sum += value
+        finite = all(math.isfinite(v) for v in values)
         if finite:
-            if cfg.lr.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.lr.grad_clip)
-            opt.step()
+            self.apply_gradients()
         st.step += 1
         st.wall_s += time.perf_counter() - t0
         return finite
 
-    def micro_step(self, depth: int) -> bool:
-        """Forward and backward of the next micro-batch at `depth`; whether its loss is finite."""
+    def apply_gradients(self) -> None:
+        """Clip (after unscaling fp16 gradients) and take the optimizer step."""
+        opt, clip, scaler = self.opt, self.cfg.lr.grad_clip, self.scaler
+        if scaler is not None:
+            scaler.unscale_(opt)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+
+    def global_losses(self, parts: list[torch.Tensor]) -> list[float]:
+        """Each micro-batch's loss over the whole global micro-batch, read once per step; every
+        rank gets the same values (so the finite check agrees)."""
+        stacked = torch.stack(parts)
+        if self.ranks.world > 1:
+            stacked = all_reduce_sum(stacked, self.ranks)
+        return stacked.tolist()
+
+    def micro_step(self, depth: int, last: bool = True) -> torch.Tensor:
+        """Forward and backward of this rank's share of the next global micro-batch at `depth`;
+        its share of the micro-batch's mean loss, on the device (no host sync).
+
+        Every rank builds the whole micro-batch (same windows, same masks) and trains its rows.
+        The loss it backpropagates is its mean x its scored positions x world / all scored
+        positions, so DDP's average of the gradients is the gradient of the global mean.
+        """
         cfg, st, plan = self.cfg, self.st, self.plan
         batch_size, grad_accum = cfg.budget.batch_size, cfg.budget.grad_accum
         self.model.set_depth(depth)
@@ -278,19 +326,26 @@ class _Run:
         st.samples += batch_size
         mlm_rng = np.random.default_rng([cfg.seed, st.micro_steps, 0x3A5C])
         x, y = model_inputs(cfg, window, mlm_rng, self.data)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = self.model(x.to(self.device), y.to(self.device))
-        (loss.value / grad_accum).backward()
-        value = loss.value.item()
+        n_scored = _scored_positions(cfg, y)
+        x, y = x[self.rows], y[self.rows]
+        with sync_unless_last(self.trained, last):
+            with autocast(self.device, self.precision):
+                loss = self.trained(_to_device(x, self.device), _to_device(y, self.device))
+            mean, world = loss.value, self.ranks.world
+            mine = _scored_positions(cfg, y) / n_scored if world > 1 else 1.0  # share of positions
+            if world > 1:
+                mean = mean * (mine * world)
+            scaled = mean / grad_accum
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         st.micro_steps += 1
         st.tokens += plan.tokens_per_micro
         st.flops += train_flops(
-            cfg.model, self.data.vocab_size, depth, plan.tokens_per_micro, loss.n_scored
+            cfg.model, self.data.vocab_size, depth, plan.tokens_per_micro, n_scored
         )
         st.depth_sum += depth
         st.micro_count += 1
-        st.loss_sum += value
-        return math.isfinite(value)
+        share = loss.value.detach()
+        return share if world == 1 else share.double() * mine
 
     # ------------------------------------------------------------------ evaluation and reporting
     def evaluation_due(self, finite: bool) -> bool:
@@ -306,14 +361,17 @@ class _Run:
         report asked, or the evaluation loss is not finite)."""
         row = self.curve_row()
         written = self.checkpoint_if_due(row)
-        stop = bool(self.report(dict(row), written)) if self.report else False
+        asked = bool(self.report(dict(row), written)) if self.report else False
+        stop = agreed(asked, self.ranks, self.device)  # rank 0 decides for all ranks
         return stop or not math.isfinite(row["eval_loss"])
 
     def curve_row(self) -> dict[str, Any]:
         """Evaluate, and close the curve row of the steps since the last one."""
         cfg, st, plan = self.cfg, self.st, self.plan
         t0 = time.perf_counter()
-        eval_loss = evaluate(self.model, cfg, self.val, self.data, self.device, self.bf16)
+        # Every rank evaluates all windows: equal weights give the same loss on every rank with
+        # no communication, the same as one process (the held-out set is small, ~3 % of a run).
+        eval_loss = evaluate(self.model, cfg, self.val, self.data, self.device, self.precision)
         st.eval_wall_s += time.perf_counter() - t0
         row = {
             "step": st.step,
@@ -335,15 +393,16 @@ class _Run:
 
     def checkpoint_if_due(self, row: dict[str, Any]) -> Path | None:
         """Checkpoint after a finite evaluation at the end and every `runtime.checkpoint_every`
-        evaluations; the folder written, or None."""
+        evaluations; the folder written, or None. Only rank 0 writes (all ranks hold the same)."""
         st, every = self.st, self.cfg.runtime.checkpoint_every
         evals_done = sum(1 for r in st.curve if r["step"] > 0)
         due = st.step == self.plan.total_steps or (every and evals_done % every == 0)
-        if not (self.checkpoint_dir and st.step > 0 and math.isfinite(row["eval_loss"]) and due):
+        writes = self.checkpoint_dir and self.ranks.is_main and st.step > 0
+        if not (writes and math.isfinite(row["eval_loss"]) and due):
             return None
         t0 = time.perf_counter()
         st.depth_rng = self.depth_rng.bit_generator.state
-        save_checkpoint(self.checkpoint_dir, self.model, self.opt, st, self.cfg)
+        save_checkpoint(self.checkpoint_dir, self.model, self.opt, st, self.cfg, self.scaler)
         st.checkpoint_wall_s += time.perf_counter() - t0
         row["checkpoint_wall_s"] = st.checkpoint_wall_s
         return self.checkpoint_dir
@@ -365,7 +424,8 @@ class _Run:
             device=str(self.device),
             threads=torch.get_num_threads(),
             data_fingerprint=self.data.fingerprint,
-            precision="bf16" if self.bf16 else "fp32",
+            precision=self.precision,
+            workers=self.ranks.world,
         )
 
 

@@ -129,10 +129,18 @@ def _train_or_say_how_to_resume(
         if on_row is not None:
             on_row(row)
 
+    run: Any = train
+    workers = getattr(args, "workers_per_trial", 1) or 1
+    if workers > 1:  # one run, data-parallel over local gloo processes
+        from functools import partial
+
+        from progtune.local_workers import run_local_workers
+
+        run = partial(run_local_workers, workers=workers)
     try:
-        return train(
+        return run(
             cfg,
-            report,
+            report=report,
             data=data,
             checkpoint_dir=ckpt,
             resume_from=ckpt if args.resume else None,
