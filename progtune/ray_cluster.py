@@ -22,6 +22,7 @@ def start_ray(settings: SearchSettings, tmp_root: str | None) -> str:
             _temp_dir=tmp_root,
             log_to_driver=True,
             logging_level="WARNING",
+            runtime_env={"worker_process_setup_hook": quiet_train_cleaner},
         )
         ip = ctx.address_info["node_ip_address"]
         if ip != "127.0.0.1":  # refuse to run on a routable address
@@ -34,6 +35,16 @@ def start_ray(settings: SearchSettings, tmp_root: str | None) -> str:
         f"joined the Ray cluster at {settings.address} "
         f"({int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs now)"
     )
+
+
+def quiet_train_cleaner() -> None:
+    """In every Ray worker process of a local Ray: Ray Train's placement-group cleaner asks
+    Ray's State API, which needs the dashboard that local Ray runs without, and would warn about
+    it every second of a trial on workers."""
+    import logging
+
+    cleaner = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+    logging.getLogger(cleaner).setLevel(logging.ERROR)
 
 
 def _autoscaler_config() -> dict | None:
@@ -98,10 +109,14 @@ def cluster_can_grow() -> bool:
     return workers < most
 
 
-def trial_slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
-    """How many trials the cluster's resources hold at once now (0 when not even one fits)."""
+def trial_slots(cpus_per_trial: float, gpus_per_trial: float, workers_per_trial: int = 1) -> int:
+    """How many trials the cluster's resources hold at once now (0 when not even one fits).
+
+    A trial of N data-parallel workers holds N x `cpus_per_trial` CPUs (its own process asks
+    for none) and `gpus_per_trial` GPUs in all."""
     res = ray.cluster_resources()
-    slots = int(res.get("CPU", 0) / cpus_per_trial + 1e-9)  # 1e-9: 3 x 0.1 CPU is 0.3
+    cpus = cpus_per_trial * workers_per_trial
+    slots = int(res.get("CPU", 0) / cpus + 1e-9)  # 1e-9: 3 x 0.1 CPU is 0.3
     if gpus_per_trial > 0:
         slots = min(slots, int(res.get("GPU", 0) / gpus_per_trial + 1e-9))
     return slots

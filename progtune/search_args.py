@@ -124,15 +124,25 @@ def _resources(p: argparse.ArgumentParser) -> None:
         type=float,
         default=1.0,
         metavar="N",
-        help="CPUs per trial; also its torch threads (default 1)",
+        help="CPUs per trial; also its torch threads (default 1); with --workers-per-trial, "
+        "per worker",
     )
     p.add_argument(
         "--gpus-per-trial",
         type=float,
         default=None,
         metavar="G",
-        help="GPUs per trial, fractions allowed (default 1 when the cluster has or "
-        "can add GPUs, else 0)",
+        help="GPUs per trial: a fraction or 1 trains in one process; G > 1 trains on G "
+        "data-parallel workers of one GPU each (default 1 when the cluster has or can add "
+        "GPUs, else 0)",
+    )
+    p.add_argument(
+        "--workers-per-trial",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train each trial on N data-parallel workers (Ray Train, DDP; gloo on CPU, one GPU "
+        "each on GPUs) that split its global batch (default 1: one process)",
     )
 
 

@@ -44,6 +44,7 @@ def build_settings(
     else:
         preset, config_file = args.preset, args.config
     base = resolve(preset, config_file, pinned_raw)
+    _check_worker_shares(base, _workers(args, saved or {}))
     flat = flatten(base)
     pinned = {k: flat[k] for k in pinned_raw}  # typed values of the pinned knobs
     points = _check_space_draws(space, base, pinned, args.search_seed)
@@ -73,6 +74,8 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise ProgtuneError("--cpus-per-trial must be > 0")
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
         raise ProgtuneError("--gpus-per-trial must be >= 0")
+    workers = 1 if args.workers_per_trial is None else args.workers_per_trial
+    trial_layout(workers, args.gpus_per_trial)  # the two flags contradict each other
     if args.time_budget is not None and args.time_budget <= 0:
         raise ProgtuneError("--time-budget must be > 0 seconds")
     if args.target_loss is not None and not (
@@ -150,6 +153,7 @@ def _new_settings(
         time_budget_s=args.time_budget,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
+        workers_per_trial=_workers(args, saved),
         scheduler=args.scheduler,
         search_seed=args.search_seed,
         sampler=args.sampler or saved.get("sampler") or "tpe",
@@ -159,6 +163,49 @@ def _new_settings(
         log=check_backends(getattr(args, "log", None)),
         log_dir=getattr(args, "log_dir", None),
     )
+
+
+def trial_layout(workers: int, gpus: float | None) -> tuple[int, float | None]:
+    """(workers, GPUs per worker) of one trial from --workers-per-trial and --gpus-per-trial
+    (the trial's GPUs in all); GPUs per worker None: decided once Ray sees the cluster (one per
+    worker where it has GPUs, else none). Contradictions are bad input.
+
+    G <= 1 with one worker: one process on a share of a GPU (or on the CPU). G > 1: G workers of
+    one GPU each. N workers on GPUs: one whole GPU each (NCCL puts one rank on one device)."""
+    if workers < 1:
+        raise ProgtuneError("--workers-per-trial must be >= 1")
+    if gpus is None or gpus == 0:
+        return workers, gpus
+    if gpus > 1 and gpus != int(gpus):
+        raise ProgtuneError(
+            f"--gpus-per-trial {gpus:g} above 1 must be a whole number: each data-parallel "
+            "worker holds one GPU"
+        )
+    if gpus > 1 and workers == 1:
+        return int(gpus), 1.0
+    if workers > 1 and gpus != workers:
+        raise ProgtuneError(
+            f"--workers-per-trial {workers} with --gpus-per-trial {gpus:g}: each worker on GPUs "
+            f"holds one whole GPU; pass --gpus-per-trial {workers}, or 0 for CPU workers"
+        )
+    return workers, gpus / workers
+
+
+def _check_worker_shares(base: Config, workers: int) -> None:
+    """Every worker trains an equal share of each global micro-batch: the batch must split."""
+    if workers > 1:
+        from progtune.data_parallel import check_split
+
+        check_split(base.budget.batch_size, workers)
+
+
+def _workers(args: argparse.Namespace, saved: dict[str, Any]) -> int:
+    """Workers per trial: the flag, else a resumed search's (its trials' checkpoints are those
+    of that many workers), else 1; --gpus-per-trial G > 1 with one worker means G."""
+    workers = args.workers_per_trial
+    if workers is None:
+        workers = saved.get("workers_per_trial") or 1
+    return trial_layout(workers, args.gpus_per_trial)[0]
 
 
 # ---------------------------------------------------------------------------- storage
@@ -261,6 +308,7 @@ def save_settings(settings: SearchSettings, preset: str | None, config_file: str
         "target_loss": settings.target_loss,
         "sampler": settings.sampler,
         "optuna_storage": settings.optuna_storage,
+        "workers_per_trial": settings.workers_per_trial,
     }
     _write_text(_settings_path(settings.exp_uri), json.dumps(doc, indent=1))
 

@@ -1,7 +1,8 @@
 """What runs on Ray workers: the Tune trainable and the target board.
 
-One Tune trial = one complete `progtune.train.train` run. Trials get a small frozen `TrialSetup`
-(through `tune.with_parameters`), never the driver's state.
+One Tune trial = one complete `progtune.train.train` run, in Tune's process (`run_trial`) or on
+N data-parallel Ray Train workers (progtune.trial_workers); both run `train_trial`. Trials get a
+small frozen `TrialSetup` (through `tune.with_parameters`), never the driver's state.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import ray
 from ray import tune
@@ -33,11 +35,29 @@ class TrialSetup:
     base: dict[str, Any]  # the base config, flattened
     pinned: dict[str, Any]  # knobs pinned on the command line (they win over the space)
     points: list[dict[str, Any]]  # fixed-point spaces: the overrides of each point
-    threads: int  # torch threads per trial
+    threads: int  # torch threads per trial (per worker with workers > 1)
     stop_at_target: bool
     target_loss: float | None  # --target-loss; else the board publishes the reference's
     board: Any  # TargetBoard actor handle
     eval_at_flops: list[float] | None = None  # ASHA's rungs: evaluate where they decide
+    workers: int = 1  # data-parallel workers per trial (progtune.trial_workers when > 1)
+    cpus_per_worker: float = 1.0  # CPUs each worker holds (workers > 1)
+    gpus_per_worker: float = 0.0  # GPUs each worker holds (workers > 1: 0 or 1)
+
+
+class TrialReports(Protocol):
+    """Where a trial's rows go and where its last checkpoint comes from: Tune (one process) or
+    Ray Train (each data-parallel worker; progtune.trial_workers)."""
+
+    leader: bool  # the process whose rows count and who asks the board (rank 0)
+    device: str | None  # runtime.device for this process (a worker's own GPU), None: the config's
+
+    def last_checkpoint(self) -> Any:
+        """The latest checkpoint reported by an earlier attempt of this trial (a Ray Checkpoint)
+        or None."""
+
+    def send(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        """Report `metrics`, with the checkpoint folder just written (None: no checkpoint)."""
 
 
 def trial_config(config: dict, setup: TrialSetup) -> Config:
@@ -63,56 +83,77 @@ def _board_target(setup: TrialSetup) -> float | None:
         return None
 
 
-def run_trial(config: dict, data: Any = None, setup: TrialSetup | None = None) -> None:
-    """The Tune trainable: one progressive training, reported row by row."""
-    from progtune.train import checkpoint_meta, train
+def restore_latest(previous: Any, work: str) -> tuple[str | None, int, list[dict]]:
+    """(folder to resume from, its step, its curve rows) of checkpoint `previous` (a Ray
+    Checkpoint) unpacked under `work`; (None, 0, []) without one."""
+    from progtune.train import checkpoint_meta
 
+    if previous is None:
+        return None, 0, []
+    folder = previous.to_directory(os.path.join(work, "restored"))
+    meta = checkpoint_meta(folder)
+    return folder, int(meta["step"]), meta["curve"]
+
+
+def run_trial(config: dict, data: Any = None, setup: TrialSetup | None = None) -> None:
+    """The Tune trainable of a trial in one process: one progressive training, row by row."""
     assert setup is not None
+    train_trial(config, data, setup, _TuneReports())
+
+
+def train_trial(config: dict, data: Any, setup: TrialSetup, reports: TrialReports) -> None:
+    """One trial's training, continued from its latest checkpoint, with a report per curve row
+    and a final summary row: the one copy of a trial's code, for Tune's process and for each
+    Ray Train worker alike."""
+    from progtune.train import train
+
     logging.getLogger("ray").setLevel(logging.WARNING)  # no line per checkpoint in the console
     started = time.perf_counter()
     cfg = trial_config(config, setup)
+    if reports.device is not None:
+        cfg = with_overrides(cfg, {"runtime.device": reports.device})
     work = tempfile.mkdtemp(prefix="progtune-trial-")
-    ckpt_dir = os.path.join(work, "checkpoint")
-    resume_from, resumed_from, restored = None, 0, []
-    previous = tune.get_checkpoint()
-    if previous is not None:
-        resume_from = previous.to_directory(os.path.join(work, "restored"))
-        meta = checkpoint_meta(resume_from)
-        resumed_from, restored = int(meta["step"]), meta["curve"]
-
-    def report(row: dict, checkpoint: Any) -> bool:
-        metrics = {**row, "objective": math.nan, "final": False, "resumed_from": resumed_from}
-        if restored:  # the rows up to the checkpoint, in case the driver never wrote them
-            metrics["restored_rows"] = restored.copy()
-            restored.clear()
-        if checkpoint is not None:
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
-        else:
-            tune.report(metrics)
-        if setup.stop_at_target and row["eval_loss"] is not None and row["step"] > 0:
-            target = _board_target(setup)
-            return target is not None and row["eval_loss"] <= target
-        return False
-
     try:
+        resume_from, resumed_from, restored = restore_latest(reports.last_checkpoint(), work)
+
+        def report(row: dict, checkpoint: Any) -> bool:
+            metrics = {**row, "objective": math.nan, "final": False, "resumed_from": resumed_from}
+            if restored:  # the rows up to the checkpoint, in case the driver never wrote them
+                metrics["restored_rows"] = restored.copy()
+                restored.clear()
+            reports.send(metrics, checkpoint)
+            if reports.leader and setup.stop_at_target and row["eval_loss"] is not None:
+                target = _board_target(setup) if row["step"] > 0 else None
+                return target is not None and row["eval_loss"] <= target
+            return False
+
+        ckpt_dir = os.path.join(work, "checkpoint")
         result = train(cfg, report, data=data, checkpoint_dir=ckpt_dir, resume_from=resume_from)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     status = result.status
     if status == "stopped":  # only --stop-at-target stops from inside: the target was reached
         status = "completed"
-    last = result.curve[-1]
-    tune.report(
-        {
-            **last,
-            "objective": math.nan,
-            "final": True,
-            "resumed_from": resumed_from,
-            "status": status,
-            **result.totals(),
-            "trial_wall_s": time.perf_counter() - started,
-        }
-    )
+    final = {"objective": math.nan, "final": True, "resumed_from": resumed_from, "status": status}
+    final.update(result.totals(), trial_wall_s=time.perf_counter() - started)
+    reports.send({**result.curve[-1], **final}, None)
+
+
+class _TuneReports:
+    """A trial in Tune's own process: Tune's checkpoint and `tune.report`."""
+
+    leader: bool = True
+    device: str | None = None
+
+    def last_checkpoint(self) -> Any:
+        return tune.get_checkpoint()
+
+    def send(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        if checkpoint_dir is not None:
+            checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir))
+            tune.report(metrics, checkpoint=checkpoint)
+        else:
+            tune.report(metrics)
 
 
 @ray.remote(num_cpus=0)

@@ -1,6 +1,7 @@
 """Ray Tune x Optuna: assemble and run one search (`run_search` is the entry point).
 
-One Tune trial = one complete `progtune.train.train` run (progtune.trial_trainable). The driver
+One Tune trial = one complete `progtune.train.train` run (progtune.trial_trainable), in one
+process or on N data-parallel Ray Train workers (progtune.trial_workers). The driver
 prepares the data once and ships it to every trial as a path (TokenData pickles as its shard
 folder: trials map the shards, no tokens go through the object store); a from-scratch reference
 run sets the target loss while the first trials already train (progtune.search_driver); driver-side
@@ -11,6 +12,7 @@ FLOPs-to-target, or a surrogate, and PRUNED for trials a scheduler stopped
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -21,12 +23,14 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 
 from progtune.optuna_searcher import make_searcher
-from progtune.ray_cluster import cluster_can_have_gpus, start_ray
+from progtune.ray_cluster import cluster_can_have_gpus, start_ray, trial_slots
 from progtune.search_callbacks import ProgressCallback, ResultsCallback
 from progtune.search_driver import Search, asha_rungs, open_search
+from progtune.search_settings import trial_layout
 from progtune.search_state import SearchSettings, SearchState, reference_config
 from progtune.tracking_backends import open_tracker
 from progtune.trial_trainable import run_trial
+from progtune.trial_workers import driver_resources, run_trial_on_workers
 
 
 def run_search(
@@ -48,25 +52,42 @@ def run_search(
 
 
 def _fit(settings: SearchSettings, data: Any) -> tuple[int, SearchState]:
-    gpus = settings.gpus_per_trial
-    if gpus is None:
-        gpus = 1.0 if cluster_can_have_gpus() else 0.0
+    workers, gpus_per_worker = trial_layout(settings.workers_per_trial, settings.gpus_per_trial)
+    if gpus_per_worker is None:
+        gpus_per_worker = 1.0 if cluster_can_have_gpus() else 0.0
+    settings = dataclasses.replace(settings, workers_per_trial=workers)
     threads = max(1, int(settings.cpus_per_trial))
-    search = open_search(settings, data.vocab_size, threads, gpus)
+    search = open_search(settings, data.vocab_size, threads, gpus_per_worker * workers)
+    search.setup = dataclasses.replace(
+        search.setup,
+        workers=workers,
+        cpus_per_worker=settings.cpus_per_trial,
+        gpus_per_worker=gpus_per_worker,
+    )
     local_exp = None if "://" in settings.exp_uri else settings.exp_uri
     tracker = open_tracker(settings.log, settings.name, local_exp, settings.log_dir)
     search.state.tracker = tracker  # fed where the Parquet rows are (README: tracking)
     try:
         search.start_or_reuse_reference(data)
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, data=data, setup=search.setup),
-            {"cpu": settings.cpus_per_trial, "gpu": gpus},
-        )
-        results = _tuner(search, trainable).fit()  # a first Ctrl-C: Tune saves state, returns
+        results = _tuner(search, _trainable(search, data)).fit()  # Ctrl-C: Tune saves, returns
         return _finish(search, results)
     finally:
         if tracker is not None:
             tracker.close()
+
+
+def _trainable(search: Search, data: Any) -> Any:
+    """The Tune trainable with its resources: one process holding the trial's CPUs and GPUs,
+    or (workers > 1) a driver holding none, whose Ray Train workers hold them."""
+    setup = search.setup
+    if setup.workers == 1:
+        resources = {"cpu": search.settings.cpus_per_trial, "gpu": search.gpus_per_trial}
+        return tune.with_resources(
+            tune.with_parameters(run_trial, data=data, setup=setup), resources
+        )
+    return tune.with_resources(
+        tune.with_parameters(run_trial_on_workers, data=data, setup=setup), driver_resources()
+    )
 
 
 def _finish(search: Search, results: Any) -> tuple[int, SearchState]:
@@ -110,7 +131,8 @@ def _tuner(search: Search, trainable: Any) -> tune.Tuner:
         if search_alg is not None:
             saved._tune_config.search_alg = search_alg
         return tuner
-    return _new_tuner(settings, trainable, search_alg, callbacks, search.state.vocab_size)
+    vocab_size, gpus = search.state.vocab_size, search.gpus_per_trial
+    return _new_tuner(settings, trainable, search_alg, callbacks, vocab_size, gpus)
 
 
 def _search_alg(search: Search) -> ConcurrencyLimiter | None:
@@ -167,12 +189,26 @@ def _scheduler(settings: SearchSettings, vocab_size: int) -> Any:
     )
 
 
+def _max_concurrent_trials(settings: SearchSettings, gpus_per_trial: float) -> int | None:
+    """Tune's own bound, for fixed-point spaces (the searcher bounds the others): --max-concurrent,
+    else none - but a trial on workers holds no CPU itself, so Tune would start every point at
+    once with their Train runs waiting for workers: as many as the workers fit now (Ray's
+    advice for Train inside Tune)."""
+    if not settings.points:
+        return None
+    if settings.max_concurrent or settings.workers_per_trial == 1:
+        return settings.max_concurrent or None
+    slots = trial_slots(settings.cpus_per_trial, gpus_per_trial, settings.workers_per_trial)
+    return max(1, slots)
+
+
 def _new_tuner(
     settings: SearchSettings,
     trainable: Any,
     search_alg: ConcurrencyLimiter | None,
     callbacks: list,
     vocab_size: int,
+    gpus_per_trial: float,
 ) -> tune.Tuner:
     param_space: dict[str, Any] = {}
     num_samples = settings.num_samples
@@ -192,7 +228,7 @@ def _new_tuner(
             search_alg=search_alg,
             scheduler=_scheduler(settings, vocab_size),
             num_samples=num_samples,
-            max_concurrent_trials=settings.max_concurrent or None if settings.points else None,
+            max_concurrent_trials=_max_concurrent_trials(settings, gpus_per_trial),
             time_budget_s=settings.time_budget_s,
             # A slot's next trial runs in the same worker process: torch, transformers and
             # progtune are imported once per slot, not once per trial (bench/search_overhead.py).
