@@ -1,11 +1,13 @@
 """Engine overhead: tokens/s of progtune's loop vs a plain loop, and step time per executed depth.
 
-    python bench/trainer_overhead.py [--preset NAME] [--repeats N] [--steps N] [KEY=VALUE ...]
+    python bench/trainer_overhead.py [--preset NAME] [--repeats N] [--steps N] [--with-run]
+        [--json PATH] [KEY=VALUE ...]
 
 1. Full depth: the engine (`progtune.train.train`, scratch config, no evaluation or checkpoint in
    the timed part) against a plain loop of the same transformers model (HF forward with labels,
-   AdamW, same batches, same precision and threads) measured in the same process, interleaved,
-   best of N. Prints `ratio: X` = engine tokens/s / plain tokens/s (goal >= 0.97).
+   AdamW, same batches, same precision and threads) measured in the same process, interleaved
+   (ABBA, bench/paired_ratios.py). Prints `ratio: X` = best engine tokens/s / best plain tokens/s
+   over N repeats (goal >= 0.97), and the per-repeat ratios' median and spread.
 2. Per depth: step time (forward + backward + AdamW) of the engine's model at executed depth d,
    divided by the full-depth step time, against the FLOPs share of that depth. Prints
    `depth d: time share / FLOPs share = Y` (goal <= 1.15).
@@ -20,11 +22,17 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 from itertools import pairwise
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paired_ratios import arm_order, ratio_line, ratio_summary
 
 
 def plain_loop(cfg, data, steps: int) -> float:
@@ -129,18 +137,76 @@ def stage_costs(cfg, data, steps: int) -> list[tuple[int, int, float]]:
     return [(s, d, c / costs[-1][2]) for s, d, c in costs]
 
 
+def full_depth(cfg, data, repeats: int, steps: int) -> dict:
+    """Engine vs plain loop at full depth, interleaved: rates, best-of ratio, per-repeat ratios."""
+    plain_loop(cfg, data, 5)  # warm-up: allocator, kernels
+    rates: dict[str, list[float]] = {"plain": [], "engine": []}
+    shares = []
+    for repeat in range(repeats):  # interleaved so machine noise hits both alike
+        for arm in arm_order(repeat, ("plain", "engine")):
+            if arm == "plain":
+                rates["plain"].append(plain_loop(cfg, data, steps))
+            else:
+                rate, share = engine(cfg, data, steps)
+                rates["engine"].append(rate)
+                shares.append(share)
+    return {
+        "engine_tokens_per_s": rates["engine"],
+        "plain_tokens_per_s": rates["plain"],
+        "engine_train_share_of_call": shares,
+        "ratio_best": max(rates["engine"]) / max(rates["plain"]),
+        "ratio": ratio_summary(rates["engine"], rates["plain"]),
+    }
+
+
+def print_depths(cfg, data, steps: int) -> list[dict]:
+    """Part 2: step time share / FLOPs share per executed depth, printed and returned."""
+    from progtune.model import flops_per_token
+
+    m = cfg.model
+    times = depth_times(cfg, data, steps)
+    full_time, full_flops = times[m.n_layers], flops_per_token(m, data.vocab_size, m.n_layers)
+    rows = []
+    for d, t in times.items():
+        flops_share = flops_per_token(m, data.vocab_size, d) / full_flops
+        rows.append(
+            {"depth": d, "step_s": t, "time_share": t / full_time, "flops_share": flops_share}
+        )
+        print(
+            f"depth {d}: {t * 1000:.1f} ms/step, time share {t / full_time:.3f}, FLOPs share "
+            f"{flops_share:.3f}, time share / FLOPs share = {t / full_time / flops_share:.3f}"
+        )
+    return rows
+
+
+def print_preset_run(cfg, data) -> None:
+    """Part 4: evaluation and checkpoint shares of one whole preset run."""
+    import tempfile
+
+    from progtune.train import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train(cfg, data=data, checkpoint_dir=f"{tmp}/checkpoint")
+    total = result.total_wall_s + result.eval_wall_s + result.checkpoint_wall_s
+    print(
+        f"preset run: train {result.total_wall_s:.1f}s, eval {result.eval_wall_s:.1f}s "
+        f"({result.eval_wall_s / total:.1%}), checkpoints {result.checkpoint_wall_s:.1f}s "
+        f"({result.checkpoint_wall_s / total:.1%})"
+    )
+
+
 def main() -> None:
     from progtune.config import parse_assignments, resolve
     from progtune.data import prepare_data
-    from progtune.model import flops_per_token
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu-small")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--with-run", action="store_true", help="also time one whole preset run")
+    parser.add_argument("--json", type=Path, help="also write parts 1-3's figures here")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     cfg = resolve(args.preset, overrides=parse_assignments(args.overrides))
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
@@ -151,44 +217,23 @@ def main() -> None:
         f"batch {cfg.budget.batch_size}, threads {torch.get_num_threads()}"
     )
 
-    plain_loop(cfg, data, 5)  # warm-up: allocator, kernels
-    engine_rates, plain_rates, shares = [], [], []
-    for _ in range(args.repeats):  # interleaved so machine noise hits both alike
-        plain_rates.append(plain_loop(cfg, data, args.steps))
-        rate, share = engine(cfg, data, args.steps)
-        engine_rates.append(rate)
-        shares.append(share)
+    full = full_depth(cfg, data, args.repeats, args.steps)
     print(
-        f"full depth: engine {max(engine_rates):,.0f} tokens/s, plain loop "
-        f"{max(plain_rates):,.0f} tokens/s (best of {args.repeats})"
+        f"full depth: engine {max(full['engine_tokens_per_s']):,.0f} tokens/s, plain loop "
+        f"{max(full['plain_tokens_per_s']):,.0f} tokens/s (best of {args.repeats})"
     )
-    print(f"ratio: {max(engine_rates) / max(plain_rates):.3f}")
-
-    times = depth_times(cfg, data, max(args.steps // 2, 5))
-    full_time, full_flops = times[m.n_layers], flops_per_token(m, data.vocab_size, m.n_layers)
-    for d, t in times.items():
-        flops_share = flops_per_token(m, data.vocab_size, d) / full_flops
-        print(
-            f"depth {d}: {t * 1000:.1f} ms/step, time share {t / full_time:.3f}, FLOPs share "
-            f"{flops_share:.3f}, time share / FLOPs share = {t / full_time / flops_share:.3f}"
-        )
-
-    for stage, depth, ratio in stage_costs(cfg, data, max(args.steps * 3, 30)):
+    print(f"ratio: {full['ratio_best']:.3f}")
+    print(ratio_line("engine / plain per repeat", full["ratio"]))
+    depths = print_depths(cfg, data, max(args.steps // 2, 5))
+    stages = stage_costs(cfg, data, max(args.steps * 3, 30))
+    for stage, depth, ratio in stages:
         print(f"stage {stage} (depth {depth}): time per FLOP / full depth = {ratio:.3f}")
-
+    if args.json:
+        stage_rows = [{"stage": s, "depth": d, "time_per_flop_ratio": r} for s, d, r in stages]
+        figures = {"preset": args.preset, **full, "depths": depths, "stages": stage_rows}
+        args.json.write_text(json.dumps(figures, indent=1))
     if args.with_run:
-        import tempfile
-
-        from progtune.train import train
-
-        with tempfile.TemporaryDirectory() as tmp:
-            result = train(cfg, data=data, checkpoint_dir=f"{tmp}/checkpoint")
-        total = result.total_wall_s + result.eval_wall_s + result.checkpoint_wall_s
-        print(
-            f"preset run: train {result.total_wall_s:.1f}s, eval {result.eval_wall_s:.1f}s "
-            f"({result.eval_wall_s / total:.1%}), checkpoints {result.checkpoint_wall_s:.1f}s "
-            f"({result.checkpoint_wall_s / total:.1%})"
-        )
+        print_preset_run(cfg, data)
 
 
 if __name__ == "__main__":
