@@ -248,6 +248,7 @@ class SearchState:
             device=final.get("device"),
             threads=final.get("threads"),
             precision=final.get("precision"),
+            workers=final.get("workers"),
             data_fingerprint=final.get("data_fingerprint"),
         )
         row = trial_row(
@@ -366,6 +367,7 @@ _FINAL_KEYS = (
     "device",
     "threads",
     "precision",
+    "workers",
     "data_fingerprint",
     "trial_wall_s",
 )
