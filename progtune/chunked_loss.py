@@ -24,8 +24,8 @@ def chunked_cross_entropy(
     unscored), equal to `F.cross_entropy(logits.float(), targets)` within fp32 rounding.
 
     Each chunk's logits are computed in the autocast dtype (as `F.linear` under autocast would),
-    upcast to fp32 and reduced; with gradients on, the chunk's gradients for `hidden`, `weight` and
-    `bias` are computed right there from the same fp32 softmax, so backward keeps no logits and
+    upcast to fp32 and reduced; with gradients on, the chunk's gradients for `hidden`, `weight`
+    and `bias` are computed right there from the same fp32 softmax, so backward keeps no logits and
     recomputes nothing (the same matmul FLOPs as the unchunked loss: forward 2hV, backward 4hV).
     """
     hidden = hidden.reshape(-1, hidden.size(-1))
@@ -41,6 +41,7 @@ def chunked_cross_entropy(
             rows = slice(start, start + chunk_rows)
             logits32 = F.linear(hidden[rows].to(dtype), w_low, b_low).float()
             total += _row_losses(logits32, targets[rows])[0].sum()
+            del logits32  # the next chunk's logits must not meet this one's
         return total / (targets != IGNORE_INDEX).sum()
 
 
@@ -61,7 +62,7 @@ def _row_losses(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss per row, 0 where unscored; row sums of exp(logit - row max); scored mask).
 
-    Works in place: afterwards `logits32` holds exp(logit - row max), so that dividing by the
+    Works in place: afterwards `logits32` holds exp(logit - row max), so that scaling it by the
     sums gives the softmax without a second [rows, V] tensor.
     """
     scored = targets != IGNORE_INDEX
@@ -71,6 +72,23 @@ def _row_losses(
     sums = logits32.sub_(row_max).exp_().sum(1)
     log_sum_exp = sums.log() + row_max.squeeze(1)
     return torch.where(scored, log_sum_exp - target_logit, 0.0), sums, scored
+
+
+def _chunk_loss_and_grad(
+    h_low: torch.Tensor,
+    w_low: torch.Tensor,
+    b_low: torch.Tensor | None,
+    targets: torch.Tensor,
+    count: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed loss of the chunk's rows, d(mean loss)/d(logits) in fp32 for them): the gradient
+    (softmax - one_hot(target)) / count, 0 on unscored rows, written over the logits in place."""
+    logits32 = F.linear(h_low, w_low, b_low).float()
+    losses, sums, scored = _row_losses(logits32, targets)
+    weight = (scored / count).unsqueeze(1)  # each scored row's share of the mean
+    grad_logits = logits32.mul_(weight / sums.unsqueeze(1))  # softmax x share, one pass
+    grad_logits.scatter_add_(1, targets.clamp_min(0).unsqueeze(1), -weight)
+    return losses.sum(), grad_logits
 
 
 class _FusedHeadLoss(torch.autograd.Function):
@@ -88,21 +106,17 @@ class _FusedHeadLoss(torch.autograd.Function):
             for start in range(0, hidden.size(0), chunk_rows):
                 rows = slice(start, start + chunk_rows)
                 h_low = hidden[rows].to(dtype)
-                logits32 = F.linear(h_low, w_low, b_low).float()
-                losses, sums, scored = _row_losses(logits32, targets[rows])
-                total += losses.sum()
-                # d(mean loss)/d(logits) = (softmax - one_hot(target)) / count, 0 on unscored rows
-                grad_logits = logits32.div_(sums.unsqueeze(1))
-                index = targets[rows].clamp_min(0).unsqueeze(1)
-                grad_logits.scatter_add_(
-                    1, index, torch.full_like(index, -1.0, dtype=torch.float32)
+                loss_sum, grad_logits = _chunk_loss_and_grad(
+                    h_low, w_low, b_low, targets[rows], count
                 )
-                grad_logits.mul_((scored / count).unsqueeze(1))
+                total += loss_sum
                 if grad_bias is not None:
                     grad_bias += grad_logits.sum(0)
                 grad_low = grad_logits.to(dtype)
+                del grad_logits  # a second [rows, V] fp32 tensor must not outlive this chunk
                 grad_hidden[rows] = grad_low @ w_low
                 grad_weight += (grad_low.t() @ h_low).float()
+                del grad_low  # nor may it live on while the next chunk's logits are computed
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         return total / count
 
