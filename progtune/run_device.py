@@ -79,14 +79,8 @@ def set_up_process(cfg: Config, ranks: Ranks) -> tuple[torch.device, str]:
 
 
 def compile_blocks(blocks: nn.ModuleList) -> None:
-    """torch.compile each unique block in place (nn.Module.compile); blocks compiled before are
-    compiled again, so a block copied at growth never runs its source's compiled forward."""
+    """torch.compile each unique block in place (nn.Module.compile) that is not compiled yet.
+    Call again after growth: a block deep-copied at growth comes out uncompiled."""
     for block in blocks:
-        block.compile()
-
-
-def uncompile_blocks(blocks: nn.ModuleList) -> None:
-    """Drop the compiled forwards before growth deep-copies blocks: a copy would otherwise carry
-    a compiled function bound to the block it was copied from."""
-    for block in blocks:
-        block._compiled_call_impl = None
+        if block._compiled_call_impl is None:
+            block.compile()

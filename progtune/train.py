@@ -44,7 +44,6 @@ from progtune.run_device import (
     compile_blocks,
     grad_scaler,
     set_up_process,
-    uncompile_blocks,
 )
 from progtune.run_device import pick_device as pick_device
 from progtune.run_device import use_bf16 as use_bf16
@@ -247,7 +246,6 @@ class _Run:
         while st.stage < bisect.bisect_right(self.plan.growth_steps, st.step):
             t0 = time.perf_counter()
             st.stage += 1
-            uncompile_blocks(self.model.blocks)
             self.opt = grow_with_optimizer(
                 self.model, self.opt, self.cfg.stages.unique_layers[st.stage], self.cfg, self.device
             )

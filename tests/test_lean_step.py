@@ -141,6 +141,16 @@ def test_compiled_blocks_train_the_same_run(tiny_cfg: Config, tiny_data) -> None
         assert b["eval_loss"] == pytest.approx(a["eval_loss"], abs=1e-3)
 
 
+def test_blocks_added_by_growth_are_compiled_too(tiny_cfg: Config, tiny_data) -> None:
+    cfg = fp32(tiny_cfg, **{"runtime.compile": True})
+    run = _Run(cfg, tiny_data, None, None, None)
+    assert [b._compiled_call_impl is not None for b in run.model.blocks] == [True]
+    run.st.step = run.plan.growth_steps[0]  # the boundary into stage 1 (2 blocks)
+    run.grow_due_stages()
+    # growth deep-copies blocks, and a copy comes out uncompiled
+    assert [b._compiled_call_impl is not None for b in run.model.blocks] == [True, True]
+
+
 # ---------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
