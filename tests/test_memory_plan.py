@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from progtune import memory_plan
 from progtune.cli import main
 from progtune.config import Config, ModelConfig, resolve
+from progtune.dry_run import workers_of
 from progtune.errors import ConfigError
 from progtune.memory_plan import (
     GIB,
@@ -157,6 +159,13 @@ def test_plan_grows_with_the_micro_batch_and_shrinks_with_workers() -> None:
 
 
 # ---------------------------------------------------------------------------- dry runs
+def test_workers_come_from_workers_or_whole_gpus_per_trial() -> None:
+    assert workers_of(argparse.Namespace(workers_per_trial=4, gpus_per_trial=None)) == 4
+    assert workers_of(argparse.Namespace(workers_per_trial=None, gpus_per_trial=2.0)) == 2
+    assert workers_of(argparse.Namespace(gpus_per_trial=0.5)) == 1  # a GPU share: one worker
+    assert workers_of(argparse.Namespace()) == 1
+
+
 def test_train_dry_run_prints_the_memory_line(tiny_cfg, capsys) -> None:
     cache = f"data.cache_dir={tiny_cfg.data.cache_dir}"
     assert main(["train", "--preset", "tiny", "--dry-run", cache]) == 0
