@@ -102,15 +102,18 @@ class Search:
         store_uri = reference_store_uri(self.settings.exp_uri)
         stored = StoredCheckpoint(store_uri).latest(config_hash(ref_cfg))
         self._reference_resumed_from = int(stored["step"]) if stored else 0
+        setup = self.setup
+        # One process, as many CPUs and GPUs as one trial worker holds: with --workers-per-trial
+        # N it is not yet trained on N workers (progtune.trial_workers.train_on_workers returns
+        # no result in Ray 2.60: Train keeps only metrics reported with a checkpoint).
+        gpus = setup.gpus_per_worker if setup.workers > 1 else self.gpus_per_trial
         task = ray.remote(reference_task).options(
             num_cpus=self.settings.cpus_per_trial,
-            num_gpus=self.gpus_per_trial,
+            num_gpus=gpus,
             max_retries=self.settings.max_failures,  # a killed worker or a lost node
             retry_exceptions=True,  # and an error, as Tune retries a trial
         )
-        self.reference = task.remote(
-            flatten(ref_cfg), data, self.setup.threads, self.setup.board, store_uri
-        )
+        self.reference = task.remote(flatten(ref_cfg), data, setup.threads, setup.board, store_uri)
         if stored:
             print(f"reference run continues from its checkpoint at step {stored['step']} "
                   "beside the trials", flush=True)  # fmt: skip
