@@ -44,7 +44,7 @@ def build_settings(
     else:
         preset, config_file = args.preset, args.config
     base = resolve(preset, config_file, pinned_raw)
-    _check_worker_shares(base, _workers(args, saved or {}))
+    _check_workers(args, base, _workers(args, saved or {}))
     flat = flatten(base)
     pinned = {k: flat[k] for k in pinned_raw}  # typed values of the pinned knobs
     points = _check_space_draws(space, base, pinned, args.search_seed)
@@ -191,12 +191,21 @@ def trial_layout(workers: int, gpus: float | None) -> tuple[int, float | None]:
     return workers, gpus / workers
 
 
-def _check_worker_shares(base: Config, workers: int) -> None:
-    """Every worker trains an equal share of each global micro-batch: the batch must split."""
-    if workers > 1:
-        from progtune.data_parallel import check_split
+def _check_workers(args: argparse.Namespace, base: Config, workers: int) -> None:
+    """Every worker trains an equal share of each global micro-batch: the batch must split.
+    ASHA stops trials by ending their processes; a stopped trial's Train workers are then freed
+    only by Ray Train's cleaner, which asks the dashboard's State API: a cluster has it, the
+    private local Ray runs without it (its CPUs would stay held until the search ends)."""
+    if workers == 1:
+        return
+    from progtune.data_parallel import check_split
 
-        check_split(base.budget.batch_size, workers)
+    check_split(base.budget.batch_size, workers)
+    if args.scheduler == "asha" and args.address is None:
+        raise ProgtuneError(
+            "--scheduler asha with --workers-per-trial above 1 needs a Ray cluster (--address): "
+            "a local Ray cannot free a stopped trial's workers; drop one of them"
+        )
 
 
 def _workers(args: argparse.Namespace, saved: dict[str, Any]) -> int:

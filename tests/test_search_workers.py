@@ -67,6 +67,7 @@ def test_trial_layout(workers, gpus, layout):
         (["--workers-per-trial", "2", "--gpus-per-trial", "1"], "pass --gpus-per-trial 2"),
         (["--workers-per-trial", "2", "--gpus-per-trial", "4"], "pass --gpus-per-trial 2"),
         (["--workers-per-trial", "3"], "budget.batch_size: 8 sequences do not split evenly"),
+        (["--workers-per-trial", "2", "--scheduler", "asha"], "needs a Ray cluster (--address)"),
     ],
 )
 def test_bad_worker_flags_are_one_line_and_write_nothing(tmp_path, capsys, flags, says):
