@@ -82,17 +82,25 @@ def train_on_workers(
     URI); a later call with the same run name and storage continues from the latest one, and the
     returned curve then holds every row since step 0.
     """
+    from ray.util.queue import Queue
+
+    # Train's result holds the metrics of the last checkpoint only: rank 0 hands its result back
+    # through a queue.
+    results: Queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
     loop_config = {"flat": flatten(cfg), "data": data, "report": report, "gpus": gpus_per_worker}
-    metrics = fit_on_workers(
+    fit_on_workers(
         _run_worker,
-        loop_config,
+        {**loop_config, "results": results},
         workers=workers,
         cpus_per_worker=cpus_per_worker,
         gpus_per_worker=gpus_per_worker,
         run_name=run_name,
         storage=storage,
     )
-    return metrics["result"]
+    try:
+        return results.get(timeout=60)
+    finally:
+        results.shutdown()
 
 
 def _run_worker(loop_config: dict) -> None:
@@ -117,7 +125,8 @@ def _run_worker(loop_config: dict) -> None:
                        resume_from=resume_from)  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    reports.send({"result": dataclasses.asdict(result)}, None)
+    if reports.leader:
+        loop_config["results"].put(dataclasses.asdict(result))
 
 
 def fit_on_workers(
@@ -131,11 +140,10 @@ def fit_on_workers(
     storage: str,
     filesystem: Any = None,
     callbacks: list | None = None,
-) -> dict[str, Any]:
+) -> None:
     """Run `loop(loop_config)` on `workers` TorchTrainer workers of `cpus_per_worker` CPUs and
-    `gpus_per_worker` GPUs each; rank 0's last reported metrics. Raises Train's error when a
-    worker fails: retries are the caller's (Tune's --max-failures), each continuing from the
-    run's latest checkpoint."""
+    `gpus_per_worker` GPUs each. Raises Train's error when a worker fails: retries are the
+    caller's (Tune's --max-failures), each continuing from the run's latest checkpoint."""
     from ray.train import (
         CheckpointConfig,
         FailureConfig,
@@ -164,7 +172,7 @@ def fit_on_workers(
             logging_config=LoggingConfig(log_level="WARNING"),  # no line per report
         ),
     )
-    return dict(trainer.fit().metrics or {})
+    trainer.fit()
 
 
 class _TrainReports:

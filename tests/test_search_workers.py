@@ -184,3 +184,77 @@ def test_ctrl_c_then_resume_continues_the_trial_on_workers(tmp_path, drivers):
     rows = result_lines(exp, tid)
     after = [r for r in rows if r["resumed_from"] > 0]
     assert after and after[-1]["final"], [(r["step"], r["resumed_from"]) for r in rows]
+
+
+# ---------------------------------------------------------------------------- 3. one run, a task
+_ONE_RUN_FROM_A_TASK = """
+import json, shutil, sys
+from progtune.local_ray import prepare_local_ray_env
+
+tmp_root = prepare_local_ray_env()
+import ray
+
+from progtune.config import resolve
+from progtune.data import prepare_data
+from progtune.trial_workers import driver_resources, train_on_workers
+
+cfg = resolve("tiny", overrides={"data.cache_dir": sys.argv[1], "runtime.threads": 1})
+data = prepare_data(cfg.data)
+ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+         _temp_dir=tmp_root, logging_level="ERROR")
+task = ray.remote(train_on_workers).options(num_cpus=0, memory=driver_resources()["memory"])
+kw = dict(workers=2, cpus_per_worker=1, gpus_per_worker=0, run_name="ref", storage=sys.argv[2])
+
+
+@ray.remote(num_cpus=0)
+class Steps:  # the rows rank 0 reported
+    def __init__(self):
+        self.steps = []
+
+    def add(self, step):
+        self.steps.append(step)
+
+    def take(self):
+        steps, self.steps = self.steps, []
+        return steps
+
+
+steps = Steps.remote()
+report = lambda row, checkpoint: steps.add.remote(row["step"]) and False
+first = ray.get(task.remote(cfg, data, report, **kw))
+first["reported"] = ray.get(steps.take.remote())
+again = ray.get(task.remote(cfg, data, report, **kw))  # the same run: from its last checkpoint
+again["reported"] = ray.get(steps.take.remote())
+ray.shutdown()
+shutil.rmtree(tmp_root, ignore_errors=True)
+print(json.dumps({"first": first, "again": again}, default=str))
+"""
+
+
+@pytest.mark.slow
+def test_train_on_workers_from_a_plain_task_continues_its_run(
+    tmp_path, tiny_cfg, tiny_data, one_torch_thread
+):
+    import json
+    import subprocess
+    import sys
+
+    from progtune.train import train
+
+    done = subprocess.run(
+        [sys.executable, "-c", _ONE_RUN_FROM_A_TASK, tiny_cfg.data.cache_dir, str(tmp_path / "s")],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    first, again = out["first"], out["again"]
+    one = train(tiny_cfg, data=tiny_data)  # one process, the same global batch
+    assert (first["status"], first["workers"]) == ("completed", 2)
+    assert first["reported"] == [r["step"] for r in one.curve]  # rank 0's rows, once each
+    for col in _EXACT:
+        assert [r[col] for r in first["curve"]] == [r[col] for r in one.curve], col
+    assert (first["total_tokens"], first["total_flops"]) == (one.total_tokens, one.total_flops)
+    # The second call found the run's final checkpoint: nothing trained again, the same curve.
+    assert again["reported"] == [] and again["status"] == "completed"
+    for col in _EXACT + _LOSSES:
+        assert [r[col] for r in again["curve"]] == [r[col] for r in first["curve"]], col
