@@ -55,6 +55,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     log_backends = check_backends(getattr(args, "log", None))
     cfg = resolve(args.preset, args.config, parse_assignments(args.overrides))
+    _check_workers(cfg, getattr(args, "workers_per_trial", 1))
     out = Path(args.out or f"runs/{args.preset or 'cpu-small'}-{config_hash(cfg)[:8]}")
     ckpt = out / CHECKPOINT_SUBDIR
     _check_output_folders(args, out, ckpt)
@@ -81,6 +82,15 @@ def run_train(args: argparse.Namespace) -> int:
         f"{out}/curves.parquet"
     )
     return 0 if result.status == "completed" else 1
+
+
+def _check_workers(cfg: Config, workers: int) -> None:
+    """Refuse, before any work, a worker count the run cannot use."""
+    if workers < 1:
+        raise ProgtuneError(f"--workers-per-trial must be >= 1, got {workers}")
+    from progtune.data_parallel import check_split
+
+    check_split(cfg.budget.batch_size, workers)
 
 
 def _check_output_folders(args: argparse.Namespace, out: Path, ckpt: Path) -> None:

@@ -65,6 +65,20 @@ def test_a_batch_that_does_not_split_is_refused_naming_the_knob(tiny_cfg: Config
         run_local_workers(tiny_cfg, 3)  # refused before any process starts
 
 
+@pytest.mark.parametrize("workers, problem", [(3, "budget.batch_size"), (0, ">= 1")])
+def test_train_cli_refuses_a_worker_count_before_writing(
+    tmp_path: Path, capsys, workers: int, problem: str
+) -> None:
+    from progtune import cli
+
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "tiny", "--out", str(out), "--workers-per-trial", str(workers)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert problem in err and err.count("\n") == 1
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------------------- 2 workers = 1
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["gpt2", "bert"])  # BERT: scored positions differ per rank
@@ -94,6 +108,28 @@ def test_two_workers_train_the_same_run_as_one_process(
         one.steps,
     )
     assert one.curve[-1]["eval_loss"] < one.curve[0]["eval_loss"] - 0.5  # it learned
+
+
+@pytest.mark.slow
+def test_train_cli_with_two_workers_records_them(tiny_cfg: Config, tmp_path: Path) -> None:
+    from progtune import cli
+    from progtune.results import read_curves, read_trials
+
+    out = tmp_path / "run"
+    cache = f"data.cache_dir={tiny_cfg.data.cache_dir}"
+    argv = ["train", "--preset", "tiny", "--out", str(out), "--quiet", "--workers-per-trial", "2"]
+    assert cli.main([*argv, cache, "runtime.threads=1"]) == 0
+    trial = read_trials(out / "trials.parquet").iloc[0]
+    assert (trial["workers"], trial["threads"], trial["status"]) == (2, 1, "completed")
+    assert (out / "checkpoint" / "state.pt").is_file()  # rank 0 wrote it
+    assert len(read_curves(out / "curves.parquet")) == len(tiny_cfg_rows(tiny_cfg))
+
+
+def tiny_cfg_rows(cfg: Config) -> list[int]:
+    """The curve's steps of a config (0, the evaluations and the stage boundaries)."""
+    from progtune.train import Plan
+
+    return Plan.of(cfg).eval_steps
 
 
 class Crash(Exception):
