@@ -116,6 +116,33 @@ def test_cpu_precision_is_unchanged(
     assert resolve_precision(tiny_cfg, CPU) == expected
 
 
+def test_the_grad_scaler_path_takes_the_same_step(tiny_cfg: Config, tiny_data, tmp_path) -> None:
+    # fp16 needs CUDA, but the scaler's plumbing (scale the loss, unscale before clipping, step,
+    # update, checkpoint) runs on the CPU: a power-of-two loss scale is exact in fp32, so one
+    # step with the scaler equals one step without, bitwise.
+    from progtune.checkpoint import load_checkpoint, restore_checkpoint
+
+    cfg = fp32(tiny_cfg, **{"budget.grad_accum": 2, "lr.grad_clip": 0.5})
+    plain, scaled = _Run(cfg, tiny_data, None, None, None), _Run(cfg, tiny_data, None, None, None)
+    scaled.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    for run in (plain, scaled):
+        assert run.optimizer_step()
+    for a, b in zip(plain.model.parameters(), scaled.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert scaled.st.loss_sum == plain.st.loss_sum  # the curve reads the unscaled loss
+    scaled.checkpoint_dir = tmp_path / "ckpt"
+    assert scaled.checkpoint_if_due({"eval_loss": 1.0}) is not None
+    assert load_checkpoint(tmp_path / "ckpt")["grad_scaler"]["scale"] == 2.0**10
+    fresh = _Run(cfg, tiny_data, None, None, None)
+    fresh.scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+    payload = load_checkpoint(tmp_path / "ckpt")
+    restore_checkpoint(payload, fresh.model, fresh.opt, fresh.depth_rng, fresh.scaler)
+    assert fresh.scaler.get_scale() == 2.0**10  # a resumed fp16 run continues at its scale
+    plain.checkpoint_dir = tmp_path / "plain"
+    plain.checkpoint_if_due({"eval_loss": 1.0})
+    assert "grad_scaler" not in load_checkpoint(tmp_path / "plain")  # no scaler: as before
+
+
 def test_fp16_on_the_cpu_is_refused_naming_the_knob(tiny_cfg: Config, tiny_data) -> None:
     cfg = with_overrides(tiny_cfg, {"runtime.precision": "fp16", "runtime.device": "cpu"})
     with pytest.raises(ConfigError, match=r"runtime\.precision.*fp16 needs a CUDA device"):
