@@ -162,6 +162,10 @@ class ProgressiveLM(nn.Module):
         self.m, self.vocab_size, self.operator = m, vocab_size, operator
         self.special = (eos_id, pad_id)
         self.hf = build_hf_model(m, vocab_size, eos_id=eos_id, pad_id=pad_id)
+        # transformers' GPT-2 reads input_ids[:, [-1, 0]] back to the host on every forward to
+        # warn about padding (no attention mask is passed: windows are never padded). The
+        # embeddings took their padding index at construction; export_hf builds a fresh model.
+        self.hf.config.pad_token_id = None
         parent = self._container_parent()
         attr = _CONTAINERS[m.arch][1]
         all_blocks = list(getattr(parent, attr))
@@ -189,20 +193,31 @@ class ProgressiveLM(nn.Module):
         )
         return plan
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor) -> Loss:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor,
+        scored_index: torch.Tensor | None = None,
+    ) -> Loss:
         """Mean cross-entropy. Causal: `targets` are the next tokens. BERT: -100 where unscored.
 
         The head's logits exist only `loss_chunk_rows` rows at a time (chunked_loss.py).
+        BERT: `scored_index`, the flat positions of the scored tokens computed on the host by
+        the caller, spares the device-to-host read that counting them on the device needs.
         """
         if self.m.arch == "bert":
             hidden = self.hf.bert(input_ids=input_ids).last_hidden_state
-            scored = targets != -100
+            if scored_index is None:
+                scored_index = (targets.reshape(-1) != -100).nonzero().squeeze(1)
+            scored_index = scored_index.to(hidden.device)
             head = self.hf.cls.predictions
-            rows = head.transform(hidden[scored])  # the head runs only where it scores
+            # the head runs only where it scores
+            rows = head.transform(hidden.reshape(-1, hidden.size(-1)).index_select(0, scored_index))
+            labels = targets.reshape(-1).index_select(0, scored_index)
             loss = chunked_cross_entropy(
-                rows, head.decoder.weight, head.decoder.bias, targets[scored], self.loss_chunk_rows
+                rows, head.decoder.weight, head.decoder.bias, labels, self.loss_chunk_rows
             )
-            return Loss(loss, int(scored.sum()))
+            return Loss(loss, int(scored_index.numel()))
         base = self.hf.transformer if self.m.arch == "gpt2" else self.hf.model
         hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state
         head = self.hf.lm_head

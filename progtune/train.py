@@ -190,6 +190,13 @@ def _scored_positions(cfg: Config, targets: torch.Tensor) -> int:
     return int((targets != -100).sum()) if cfg.model.arch == "bert" else targets.numel()
 
 
+def _scored_index(cfg: Config, targets: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    """BERT: the flat positions of the scored tokens, found on the host (no device read)."""
+    if cfg.model.arch != "bert":
+        return None
+    return _to_device((targets.reshape(-1) != -100).nonzero().squeeze(1), device)
+
+
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Host -> device; on CUDA through pinned memory, so the copy does not wait for the GPU."""
     if device.type == "cuda":
@@ -328,7 +335,11 @@ class _Run:
         x, y = x[self.rows], y[self.rows]
         with sync_unless_last(self.trained, last):
             with autocast(self.device, self.precision):
-                loss = self.trained(_to_device(x, self.device), _to_device(y, self.device))
+                loss = self.trained(
+                    _to_device(x, self.device),
+                    _to_device(y, self.device),
+                    _scored_index(cfg, y, self.device),
+                )
             mean, world = loss.value, self.ranks.world
             mine = _scored_positions(cfg, y) / n_scored if world > 1 else 1.0  # share of positions
             if world > 1:
