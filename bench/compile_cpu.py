@@ -10,7 +10,9 @@ run evaluates --segments times (one held-out window, outside the training clock)
 its training clock into segments:
 - steady tokens/s: segments 2.. only (warm-up and compilation happen in the first);
 - warm-up excess: the first segment's time minus its tokens at the steady rate. With compile on,
-  that is the compilation (plus the eager arm's own warm-up excess, printed beside it).
+  that is the compilation (plus the eager arm's own warm-up excess, printed beside it);
+- steady tokens per CPU second of this process between the first and the last evaluation (the
+  one-window evaluations included): less disturbed by other jobs on a shared machine.
 Printed: steady tokens/s of each arm (median, min-max), the per-repeat ratios compile / eager
 (median and spread), and the warm-up excess of each repeat. Dynamo is reset before every run;
 the inductor cache is a fresh temporary folder per script run unless TORCHINDUCTOR_CACHE_DIR is
@@ -69,18 +71,29 @@ def segment_figures(curve: list[dict]) -> dict[str, float]:
 
 
 def run_arm(cfg, data) -> dict[str, Any]:
-    """One run: its segment figures and the call's whole wall time."""
+    """One run: its segment figures, steady tokens per CPU second and the call's wall time."""
     import torch
 
     from progtune.train import train
 
     torch.compiler.reset()  # every run compiles its blocks again (the on-disk cache may hit)
+    cpu_at: list[tuple[int, float]] = []  # (tokens, process CPU seconds) at each evaluation
+
+    def note(row: dict, written: Any) -> None:
+        cpu_at.append((row["tokens"], time.process_time()))
+
     start = time.perf_counter()
-    result = train(cfg, data=data)
+    result = train(cfg, note, data=data)
     wall = time.perf_counter() - start
     if result.status != "completed":
         raise ProgtuneError(f"a run ended {result.status}; lower lr.peak or the budget")
-    return {**segment_figures(result.curve), "wall_s": wall, "precision": result.precision}
+    (tokens_1, cpu_1), (tokens_n, cpu_n) = cpu_at[1], cpu_at[-1]  # [0] is step 0
+    return {
+        **segment_figures(result.curve),
+        "steady_tokens_per_cpu_s": (tokens_n - tokens_1) / (cpu_n - cpu_1),
+        "wall_s": wall,
+        "precision": result.precision,
+    }
 
 
 def measure(cfg, data, repeats: int, segments: int) -> dict[str, Any]:
@@ -109,6 +122,11 @@ def measure(cfg, data, repeats: int, segments: int) -> dict[str, Any]:
         "ratio": ratio_summary(
             values("compile", "steady_tokens_per_s"), values("eager", "steady_tokens_per_s")
         ),
+        "steady_tokens_per_cpu_s": {arm: values(arm, "steady_tokens_per_cpu_s") for arm in ARMS},
+        "ratio_cpu_time": ratio_summary(
+            values("compile", "steady_tokens_per_cpu_s"),
+            values("eager", "steady_tokens_per_cpu_s"),
+        ),
     }
 
 
@@ -116,6 +134,7 @@ def print_figures(r: dict[str, Any]) -> None:
     for arm in ARMS:
         print(rate_line(f"{arm}, steady", r["steady_tokens_per_s"][arm]))
     print(ratio_line("ratio compile / eager, steady tokens/s", r["ratio"]))
+    print(ratio_line("ratio compile / eager, steady tokens per CPU second", r["ratio_cpu_time"]))
     for arm in ARMS:
         excess = " ".join(f"{s:.1f}" for s in r["warmup_excess_s"][arm])
         print(f"{arm}: warm-up excess of the first segment, s (repeat 1 = cold cache): {excess}")

@@ -7,7 +7,9 @@
    the timed part) against a plain loop of the same transformers model (HF forward with labels,
    AdamW, same batches, same precision and threads) measured in the same process, interleaved
    (ABBA, bench/paired_ratios.py). Prints `ratio: X` = best engine tokens/s / best plain tokens/s
-   over N repeats (goal >= 0.97), and the per-repeat ratios' median and spread.
+   over N repeats (goal >= 0.97), and the per-repeat ratios' median and spread, on the wall
+   clock and in tokens per CPU second of this process (less disturbed by other jobs sharing the
+   machine's cores; only meaningful with runtime.threads=1).
 2. Per depth: step time (forward + backward + AdamW) of the engine's model at executed depth d,
    divided by the full-depth step time, against the FLOPs share of that depth. Prints
    `depth d: time share / FLOPs share = Y` (goal <= 1.15).
@@ -35,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paired_ratios import arm_order, ratio_line, ratio_summary
 
 
-def plain_loop(cfg, data, steps: int) -> float:
-    """Tokens/s of the textbook loop: HF model(input_ids, labels=...) with AdamW."""
+def plain_loop(cfg, data, steps: int) -> tuple[float, float]:
+    """Tokens/s of the textbook loop (HF model(input_ids, labels=...) with AdamW), and tokens
+    per CPU second of this process (less sensitive to other jobs on a shared machine)."""
     from progtune.model import build_hf_model
     from progtune.train import _Batches, use_bf16
 
@@ -47,7 +50,7 @@ def plain_loop(cfg, data, steps: int) -> float:
     batches = _Batches(data.train, cfg.model.seq_len, cfg.seed)
     bf16 = use_bf16(cfg, torch.device("cpu"))
     bs = cfg.budget.batch_size
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for step in range(steps):
         window = batches.take(step * bs, bs)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -57,11 +60,13 @@ def plain_loop(cfg, data, steps: int) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
         loss.item()
-    return steps * bs * cfg.model.seq_len / (time.perf_counter() - start)
+    tokens = steps * bs * cfg.model.seq_len
+    return tokens / (time.perf_counter() - start), tokens / (time.process_time() - cpu_start)
 
 
-def engine(cfg, data, steps: int) -> tuple[float, float]:
-    """Tokens/s of progtune.train on its own training clock, and its total wall share."""
+def engine(cfg, data, steps: int) -> tuple[float, float, float]:
+    """Tokens/s of progtune.train on its own training clock, its total wall share, and tokens
+    per CPU second between its first and last report (the steps plus one 1-window evaluation)."""
     from progtune.config import with_overrides
     from progtune.train import train
 
@@ -78,10 +83,12 @@ def engine(cfg, data, steps: int) -> tuple[float, float]:
             "eval.max_tokens": cfg.model.seq_len,
         },
     )
+    cpu_at_rows: list[float] = []
     start = time.perf_counter()
-    result = train(run, data=data)
+    result = train(run, lambda row, written: cpu_at_rows.append(time.process_time()), data=data)
     total = time.perf_counter() - start
-    return result.total_tokens / result.total_wall_s, result.total_wall_s / total
+    cpu_rate = result.total_tokens / (cpu_at_rows[-1] - cpu_at_rows[0])
+    return result.total_tokens / result.total_wall_s, result.total_wall_s / total, cpu_rate
 
 
 def depth_times(cfg, data, steps: int) -> dict[int, float]:
@@ -141,21 +148,26 @@ def full_depth(cfg, data, repeats: int, steps: int) -> dict:
     """Engine vs plain loop at full depth, interleaved: rates, best-of ratio, per-repeat ratios."""
     plain_loop(cfg, data, 5)  # warm-up: allocator, kernels
     rates: dict[str, list[float]] = {"plain": [], "engine": []}
+    cpu_rates: dict[str, list[float]] = {"plain": [], "engine": []}
     shares = []
     for repeat in range(repeats):  # interleaved so machine noise hits both alike
         for arm in arm_order(repeat, ("plain", "engine")):
             if arm == "plain":
-                rates["plain"].append(plain_loop(cfg, data, steps))
+                rate, cpu_rate = plain_loop(cfg, data, steps)
             else:
-                rate, share = engine(cfg, data, steps)
-                rates["engine"].append(rate)
+                rate, share, cpu_rate = engine(cfg, data, steps)
                 shares.append(share)
+            rates[arm].append(rate)
+            cpu_rates[arm].append(cpu_rate)
     return {
         "engine_tokens_per_s": rates["engine"],
         "plain_tokens_per_s": rates["plain"],
+        "engine_tokens_per_cpu_s": cpu_rates["engine"],
+        "plain_tokens_per_cpu_s": cpu_rates["plain"],
         "engine_train_share_of_call": shares,
         "ratio_best": max(rates["engine"]) / max(rates["plain"]),
         "ratio": ratio_summary(rates["engine"], rates["plain"]),
+        "ratio_cpu_time": ratio_summary(cpu_rates["engine"], cpu_rates["plain"]),
     }
 
 
@@ -224,6 +236,7 @@ def main() -> None:
     )
     print(f"ratio: {full['ratio_best']:.3f}")
     print(ratio_line("engine / plain per repeat", full["ratio"]))
+    print(ratio_line("engine / plain per repeat, tokens per CPU second", full["ratio_cpu_time"]))
     depths = print_depths(cfg, data, max(args.steps // 2, 5))
     stages = stage_costs(cfg, data, max(args.steps * 3, 30))
     for stage, depth, ratio in stages:

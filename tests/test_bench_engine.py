@@ -124,6 +124,8 @@ def test_trainer_overhead_tiny(tmp_path, tiny_cache_dir):
     assert r["ratio"]["ratios"] == pytest.approx(
         [e / p for e, p in zip(r["engine_tokens_per_s"], r["plain_tokens_per_s"], strict=True)]
     )
+    cpu = zip(r["engine_tokens_per_cpu_s"], r["plain_tokens_per_cpu_s"], strict=True)
+    assert r["ratio_cpu_time"]["ratios"] == pytest.approx([e / p for e, p in cpu])
     best = max(r["engine_tokens_per_s"]) / max(r["plain_tokens_per_s"])
     assert r["ratio_best"] == pytest.approx(best)
     assert [d["depth"] for d in r["depths"]] == [1, 2] and r["depths"][1]["time_share"] == 1.0
@@ -155,5 +157,8 @@ def test_compile_cpu_tiny(tmp_path, tiny_cache_dir):
         assert len(r["steady_tokens_per_s"][arm]) == 1 and r["steady_tokens_per_s"][arm][0] > 0
     assert r["ratio"]["median"] == pytest.approx(
         r["steady_tokens_per_s"]["compile"][0] / r["steady_tokens_per_s"]["eager"][0]
+    )
+    assert r["ratio_cpu_time"]["median"] == pytest.approx(
+        r["steady_tokens_per_cpu_s"]["compile"][0] / r["steady_tokens_per_cpu_s"]["eager"][0]
     )
     assert "ratio compile / eager, steady tokens/s: " in r["stdout"]
