@@ -38,6 +38,7 @@ from progtune.checkpoint import load_checkpoint as load_checkpoint
 from progtune.config import Config
 from progtune.data_parallel import Ranks, agreed, all_reduce_sum, sync_unless_last, wrap_model
 from progtune.errors import ConfigError
+from progtune.memory_plan import check_fits
 from progtune.model import ProgressiveLM, train_flops
 from progtune.run_device import (
     autocast,
@@ -220,6 +221,8 @@ class _Run:
         self.ranks = Ranks.current()
         self.rows = self.ranks.share(cfg.budget.batch_size)  # this rank's rows of a micro-batch
         self.device, self.precision = set_up_process(cfg, self.ranks)
+        if self.device.type == "cuda":  # a micro-batch that cannot fit is refused up front
+            check_fits(cfg, data.vocab_size, self.ranks.world, precision=self.precision)
         self.plan = Plan.of(cfg)
         self.batches = TrainingWindows(data.train, cfg.model.seq_len, cfg.seed)
         self.val = val_windows(cfg, data.val)

@@ -227,3 +227,18 @@ def test_dry_run_refuses_a_micro_batch_too_large_for_the_visible_gpu(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "budget.batch_size=4096" in err[0] and "1.0 GiB" in err[0]
+
+
+def test_training_refuses_before_its_first_cuda_step(tiny_cfg, tiny_data, monkeypatch) -> None:
+    # No GPU here: pretend the run resolved to one with 1 GiB; the refusal must come before the
+    # model is built (building it would fail on this machine with a different error).
+    import progtune.train as train_module
+    from progtune.config import with_overrides
+
+    monkeypatch.setattr(memory_plan, "visible_gpu", lambda: ("Tiny GPU", GIB))
+    monkeypatch.setattr(
+        train_module, "set_up_process", lambda cfg, ranks: (torch.device("cuda", 0), "bf16")
+    )
+    big = with_overrides(tiny_cfg, {"budget.batch_size": 4096, "budget.tokens": 10**9})
+    with pytest.raises(ConfigError, match=r"budget\.batch_size"):
+        train_module.train(big, data=tiny_data)
