@@ -97,7 +97,7 @@ def _finish(search: Search, results: Any) -> tuple[int, SearchState]:
     unfinished += max(0, _expected_trials(settings) - len(results))
     interrupted = bool(unfinished) and settings.time_budget_s is None
     if interrupted:
-        search.cancel_reference()  # rerun on --resume
+        search.cancel_reference()  # --resume continues it from its stored checkpoint
     search.wait_for_reference()
     search.tell_pending()
     if not interrupted:  # --time-budget ended the trials still in flight
@@ -240,7 +240,10 @@ def _new_tuner(
             name=name,
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Two, not one: Tune saves which checkpoint a trial resumes from only every few
+            # seconds, but deletes an older checkpoint at once; after a driver crash the
+            # saved state may name the previous one, which must still exist (--resume).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
             verbose=0,
         ),
