@@ -16,12 +16,18 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from progtune.budget import planned_flops
-from progtune.config import Config, config_hash, flatten
+from progtune.config import Config, flatten
 from progtune.experiment_storage import StoredCheckpoint
 from progtune.ray_cluster import cluster_can_grow, trial_slots
-from progtune.reference_run import reference_store_uri, reference_task
+from progtune.reference_run import (
+    ReferenceWorkers,
+    reference_checkpoint,
+    reference_store_uri,
+    reference_task,
+)
 from progtune.search_state import SearchSettings, SearchState, reference_config
 from progtune.trial_trainable import TargetBoard, TrialSetup, trial_config
+from progtune.trial_workers import driver_resources
 
 if TYPE_CHECKING:
     from progtune.optuna_searcher import ProgtuneOptunaSearch
@@ -63,7 +69,9 @@ class Search:
         if self.settings.max_concurrent:
             return self.settings.max_concurrent
         if time.monotonic() - self._slots_read > _SLOTS_EVERY_S:
-            self._slots = trial_slots(self.settings.cpus_per_trial, self.gpus_per_trial)
+            self._slots = trial_slots(
+                self.settings.cpus_per_trial, self.gpus_per_trial, self.settings.workers_per_trial
+            )  # gpus_per_trial: the trial's GPUs in all (its N workers' together)
             self._slots += 1 if cluster_can_grow() else 0
             self._slots_read = time.monotonic()
         return max(1, self._slots - (1 if self.reference is not None else 0))
@@ -100,20 +108,22 @@ class Search:
             planned = planned_flops(ref_cfg, self.state.vocab_size)
             self.state.start("reference", "reference", ref_cfg, planned, dt.datetime.now(dt.UTC))
         store_uri = reference_store_uri(self.settings.exp_uri)
-        stored = StoredCheckpoint(store_uri).latest(config_hash(ref_cfg))
-        self._reference_resumed_from = int(stored["step"]) if stored else 0
         setup = self.setup
-        # One process, as many CPUs and GPUs as one trial worker holds: with --workers-per-trial
-        # N it is not yet trained on N workers (progtune.trial_workers.train_on_workers returns
-        # no result in Ray 2.60: Train keeps only metrics reported with a checkpoint).
-        gpus = setup.gpus_per_worker if setup.workers > 1 else self.gpus_per_trial
+        stored = reference_checkpoint(store_uri, ref_cfg, setup.workers)
+        self._reference_resumed_from = int(stored["step"]) if stored else 0
+        layout = ReferenceWorkers(setup.workers, setup.cpus_per_worker, setup.gpus_per_worker)
+        if setup.workers > 1:  # like a trial: the task drives N Ray Train workers, holds nothing
+            options: dict[str, Any] = {"num_cpus": 0, "memory": driver_resources()["memory"]}
+        else:
+            options = {"num_cpus": self.settings.cpus_per_trial, "num_gpus": self.gpus_per_trial}
         task = ray.remote(reference_task).options(
-            num_cpus=self.settings.cpus_per_trial,
-            num_gpus=gpus,
+            **options,
             max_retries=self.settings.max_failures,  # a killed worker or a lost node
             retry_exceptions=True,  # and an error, as Tune retries a trial
         )
-        self.reference = task.remote(flatten(ref_cfg), data, setup.threads, setup.board, store_uri)
+        self.reference = task.remote(
+            flatten(ref_cfg), data, setup.threads, setup.board, store_uri, layout
+        )
         if stored:
             print(f"reference run continues from its checkpoint at step {stored['step']} "
                   "beside the trials", flush=True)  # fmt: skip
