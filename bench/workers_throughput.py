@@ -1,11 +1,11 @@
 """Data parallel on CPU: tokens/s of N gloo workers x 1 thread vs 1 process x N threads, one run.
 
     python bench/workers_throughput.py [--preset cpu-small] [--tokens N] [--repeats 3]
-        [--workers 2] [--json PATH] [KEY=VALUE ...]
+        [--workers 2] [--one-threads N] [--json PATH] [KEY=VALUE ...]
 
 Both arms train the same config - the preset's stages and depth sampling, `model.dropout=0`
 unless overridden - with the same global batch (budget.batch_size x budget.grad_accum):
-- `one`: progtune.train.train in this process, runtime.threads = N;
+- `one`: progtune.train.train in this process, runtime.threads = N (or --one-threads);
 - `workers`: progtune.local_workers.run_local_workers with N gloo processes of runtime.threads = 1,
   each computing its share of every global micro-batch.
 The arms alternate ABBA over --repeats (bench/paired_ratios.py). Printed, with the median and
@@ -40,12 +40,12 @@ ARMS = ("one", "workers")
 SAME_COLUMNS = ("step", "tokens", "mean_depth", "unique_layers", "stage")
 
 
-def arm_configs(cfg, workers: int) -> dict[str, Any]:
+def arm_configs(cfg, workers: int, one_threads: int | None = None) -> dict[str, Any]:
     """The config of each arm: same maths, different threads (the runtime section only)."""
     from progtune.config import with_overrides
 
     return {
-        "one": with_overrides(cfg, {"runtime.threads": workers}),
+        "one": with_overrides(cfg, {"runtime.threads": one_threads or workers}),
         "workers": with_overrides(cfg, {"runtime.threads": 1}),
     }
 
@@ -96,9 +96,9 @@ def compare_curves(a: list[dict], b: list[dict]) -> dict[str, Any]:
     }
 
 
-def measure(cfg, data, workers: int, repeats: int) -> dict[str, Any]:
+def measure(cfg, data, workers: int, repeats: int, one_threads: int | None = None) -> dict:
     """Both arms, interleaved over `repeats`; rates, ratios and the curve comparison."""
-    configs = arm_configs(cfg, workers)
+    configs = arm_configs(cfg, workers, one_threads)
     runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
     for repeat in range(repeats):
         for arm in arm_order(repeat, ARMS):
@@ -173,11 +173,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, help="budget.tokens of every run (the preset's)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="N (>= 2)")
+    parser.add_argument("--one-threads", type=int, help="threads of the one process (N)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides")
     args = parser.parse_intermixed_args(argv)
-    if args.workers < 2 or args.repeats < 1:
-        fail("--workers must be >= 2 and --repeats >= 1")
+    bad_threads = args.one_threads is not None and args.one_threads < 1
+    if args.workers < 2 or args.repeats < 1 or bad_threads:
+        fail("--workers must be >= 2, --repeats and --one-threads >= 1")
     try:
         from progtune.config import parse_assignments, resolve
 
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
             f"sampling {cfg.sampling.strategy}",
             flush=True,
         )
-        result = measure(cfg, data, args.workers, args.repeats)
+        result = measure(cfg, data, args.workers, args.repeats, args.one_threads)
     except ProgtuneError as err:
         fail(str(err))
     print(f"precision {result['precision']}")

@@ -100,6 +100,7 @@ def test_segments_split_steady_rate_from_warm_up():
     ("script", "args", "names"),
     [
         ("workers", ["--workers", "1"], "--workers"),
+        ("workers", ["--one-threads", "0"], "--one-threads"),
         ("workers", ["--preset", "nope"], "unknown preset"),
         ("workers", ["model.no_such_knob=1"], "model.no_such_knob"),
         ("compile", ["--segments", "1"], "--segments"),
