@@ -11,6 +11,10 @@ size and split: the same sums in the same order; tokens and FLOPs count the glob
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -95,4 +99,73 @@ def test_search_trains_its_reference_on_the_trials_workers(tmp_path):
     assert plain.returncode == 0, plain.stdout[-2000:] + plain.stderr[-2000:]
     plain_curve = read_curves(tmp_path / "plain" / "curves.parquet")
     for col in CURVE_COLUMNS:
+        pd.testing.assert_series_equal(curve[col], plain_curve[col], check_exact=True, obj=col)
+
+
+# ---------------------------------------------------------------------------- slow: kill, resume
+_LONG = {"seed": 0, "budget.tokens": 262144, "eval.points": 16}  # 1024 steps, a row every 64
+_RETRIED = re.compile(r"reference run retried: continues from its checkpoint at step (\d+)")
+_CONTINUES = re.compile(r"reference run continues from its checkpoint at step (\d+)")
+
+
+def _train_run_step(exp: Path) -> int:
+    """The latest step checkpointed in the reference's Ray Train run folder (0: none)."""
+    steps = [0]
+    for meta in exp.glob("reference_run/workers2_*/checkpoint_*/meta.json"):
+        try:
+            steps.append(int(json.loads(meta.read_text())["step"]))
+        except (ValueError, OSError):  # being written or replaced
+            pass
+    return max(steps)
+
+
+@pytest.mark.slow
+def test_reference_on_workers_continues_after_a_worker_kill_and_a_resume(tmp_path, drivers):
+    import pandas as pd
+    from search_processes import PROGTUNE, assert_every_trial_once, run_cli, wait_for
+    from test_faults_trials import CURVE_COLUMNS, _knob_overrides
+
+    from progtune.results import read_curves
+
+    knobs = [f"{k}={v}" for k, v in _LONG.items()]
+    d = drivers(tmp_path, "--space", "smoke", "--preset", "tiny", "--num-samples", "1",
+                "--storage", str(tmp_path / "res"), "--name", "k", "--cpus-per-trial", "1",
+                "--workers-per-trial", "2", *knobs)  # fmt: skip
+    exp, total = tmp_path / "res" / "k", 1024
+
+    def reference_workers():  # only the reference trains while its run folder grows (2 CPUs)
+        workers = [p for p, c in d.processes().items() if c.startswith("ray::RayTrainWorker")]
+        step = _train_run_step(exp)
+        return 0 < step < total // 3 and len(workers) == 2 and workers
+
+    os.kill(
+        wait_for(reference_workers, 400, d, "the reference's first checkpoint")[0], signal.SIGKILL
+    )
+    retried = wait_for(lambda: _RETRIED.search(d.stdout), 300, d, "the reference retried")
+    assert int(retried.group(1)) > 0, d.shown()
+    killed_at = int(retried.group(1))
+    # Ctrl-C while the retried reference and the trial share the 2 CPUs (one trains, one waits):
+    # the search is interrupted, the reference stays on record unfinished.
+    os.kill(d.pid, signal.SIGINT)
+    assert d.wait(300) == 130, d.shown()
+    d.stop()
+    interrupted_at = _train_run_step(exp)
+    assert killed_at <= interrupted_at < total, (killed_at, interrupted_at)
+
+    resumed = run_cli(tmp_path, "search", "--resume", "--name", "k", "--storage",
+                      str(tmp_path / "res"), exe=[PROGTUNE])  # fmt: skip
+    shown = resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert resumed.returncode == 0, shown
+    assert [int(s) for s in _CONTINUES.findall(resumed.stdout)] == [interrupted_at], shown
+    trials = assert_every_trial_once(exp, 1)
+    assert list(trials["workers"]) == [2, 2], trials[["role", "workers"]]
+    ref = trials[trials["role"] == "reference"].iloc[0]
+    curves = read_curves(exp / "curves.parquet")
+    curve = curves[curves["trial_id"] == ref["trial_id"]].reset_index(drop=True)
+    plain = run_cli(tmp_path, "train", "--preset", "tiny", "--out", str(tmp_path / "plain"),
+                    "--quiet", "--workers-per-trial", "2", *_knob_overrides(ref),
+                    "runtime.threads=1")  # fmt: skip
+    assert plain.returncode == 0, plain.stdout[-2000:] + plain.stderr[-2000:]
+    plain_curve = read_curves(tmp_path / "plain" / "curves.parquet")
+    for col in CURVE_COLUMNS:  # every row once, bitwise as if never interrupted
         pd.testing.assert_series_equal(curve[col], plain_curve[col], check_exact=True, obj=col)
