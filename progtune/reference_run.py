@@ -52,7 +52,8 @@ def reference_checkpoint(store_uri: str, cfg: Config, workers: int = 1) -> dict 
         return None if marker is None else {"step": int(marker["step"]), "curve": None}
     import pyarrow.fs as pafs
 
-    fs, base = open_storage(f"{store_uri.rstrip('/')}/{workers_run_name(cfg, workers)}")
+    run_uri = f"{store_uri.rstrip('/')}/{workers_run_name(cfg, workers)}"
+    fs, base = open_storage(run_uri)
     try:
         infos = fs.get_file_info(pafs.FileSelector(base))
     except (FileNotFoundError, OSError):
@@ -61,8 +62,7 @@ def reference_checkpoint(store_uri: str, cfg: Config, workers: int = 1) -> dict 
     for info in infos:
         if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
             continue
-        text = read_text(f"{store_uri.rstrip('/')}/{workers_run_name(cfg, workers)}/"
-                         f"{info.base_name}/meta.json")  # fmt: skip
+        text = read_text(f"{run_uri}/{info.base_name}/meta.json")
         try:
             meta = json.loads(text) if text else None
         except ValueError:  # an upload cut short

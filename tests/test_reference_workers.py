@@ -5,7 +5,10 @@ a reference on N workers would continue from is the latest one in Ray Train's ru
 Slow (real processes, local Ray on 127.0.0.1, 2 CPUs, the `tiny` preset): a search with
 --workers-per-trial 2 trains its reference on 2 Ray Train workers (trials.parquet: workers == 2)
 and its curve equals a 2-worker `progtune train` of the reference config bitwise (the same world
-size and split: the same sums in the same order; tokens and FLOPs count the global batch once).
+size and split: the same sums in the same order; tokens and FLOPs count the global batch once);
+a Train worker of the reference SIGKILLed (Ray retries the task: Train continues its run from
+the last checkpoint), then the driver interrupted and the search resumed (the reference continues
+again): its curve still equals the uninterrupted 2-worker run bitwise, every row once.
 """
 
 from __future__ import annotations
