@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from progtune.errors import ConfigError
+from progtune.growth import layer_plan
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,9 @@ def wrap_model(model: nn.Module, ranks: Ranks, device: torch.device) -> nn.Modul
     """The module to call for training: DDP around `model` when world > 1, else `model` itself.
 
     Call again after every growth: DDP registers the parameters it saw at construction.
-    find_unused_parameters: a sampled depth may leave a unique block out of a pass.
+    find_unused_parameters only where some depth the samplers can draw (k..L) would leave a
+    unique block out of a pass: it costs an extra walk over the autograd graph every step, and
+    the growth operators' layouts use every block at every such depth.
     No buffer sync before each forward: the models hold no running statistics, and every rank
     builds the same initial weights from the same seed (DDP broadcasts rank 0's at construction).
     """
@@ -76,7 +79,19 @@ def wrap_model(model: nn.Module, ranks: Ranks, device: torch.device) -> nn.Modul
     # torch 2.13 renamed broadcast_buffers (the device machine's 2.11 knows only the old name)
     new_name = "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
     no_buffer_sync = {"forward_sync_buffers" if new_name else "broadcast_buffers": False}
-    return ddp(model, device_ids=ids, find_unused_parameters=True, **no_buffer_sync)
+    unused = not _every_depth_uses_every_block(model)
+    return ddp(model, device_ids=ids, find_unused_parameters=unused, **no_buffer_sync)
+
+
+def _every_depth_uses_every_block(model: nn.Module) -> bool:
+    """Whether each depth d in k..L lays all k unique blocks out (a ProgressiveLM's layout);
+    False for any other module, which then gets DDP's search for unused parameters."""
+    operator, k = getattr(model, "operator", None), len(getattr(model, "blocks", ()))
+    m = getattr(model, "m", None)
+    if operator is None or m is None or k == 0:
+        return False
+    every = set(range(k))
+    return all(set(layer_plan(operator, k, d)) == every for d in range(k, m.n_layers + 1))
 
 
 def sync_unless_last(trained: nn.Module, last: bool) -> contextlib.AbstractContextManager:

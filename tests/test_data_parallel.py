@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from progtune.config import Config, with_overrides
 from progtune.data_parallel import Ranks, check_split
@@ -230,3 +231,17 @@ def test_sampling_per_micro_batch_draws_each_micro_batch(
 def test_sampling_per_is_checked(tiny_cfg: Config) -> None:
     with pytest.raises(ConfigError, match=r"sampling\.per"):
         with_overrides(tiny_cfg, {"sampling.per": "epoch"})
+
+
+def test_ddp_searches_for_unused_parameters_only_where_a_depth_can_skip_a_block(
+    tiny_cfg: Config,
+) -> None:
+    from progtune.data_parallel import _every_depth_uses_every_block
+    from progtune.model import ProgressiveLM
+
+    for operator in ("interpolation", "stacking"):
+        model = ProgressiveLM(tiny_cfg.model, 64, 1, operator)
+        assert _every_depth_uses_every_block(model)
+        model.grow(2)
+        assert _every_depth_uses_every_block(model)
+    assert not _every_depth_uses_every_block(torch.nn.Linear(2, 2))
