@@ -105,12 +105,12 @@ def test_reference_task_continues_from_its_stored_checkpoint(
 
 # ---------------------------------------------------------------------------- slow: real processes
 # The reference checkpoints at each of 16 evaluations. Its budget comes from a config file, not
-# the command line, so the search space can give its one trial an eighth of it: the trial is done
+# the command line, so the search space can give its one trial a 24th of it: the trial is done
 # long before the driver is killed, and only the reference is in flight then (Tune saves its own
 # experiment state at most every 10 s, so a trial checkpointing faster than that can be restored
 # from a checkpoint it already deleted: not what this file tests).
-_KNOBS = {"budget.tokens": 262144, "eval.points": 16}
-_CONFIG = "budget:\n  tokens: 262144\neval:\n  points: 16\n"
+_KNOBS = {"budget.tokens": 786432, "eval.points": 16}  # 3072 steps: ~25 s per 1024 here
+_CONFIG = "budget:\n  tokens: 786432\neval:\n  points: 16\n"
 _SHORT_TRIALS = '''"""One short trial beside a long reference."""
 
 
