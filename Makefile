@@ -36,7 +36,7 @@ test: $(STAMP)
 	      || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null 2>&1)) ; } \
 	  || echo "chromium not installed: tests/test_report_browser.py will be skipped"
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q; rc=$$?; \
+	$(BIN)/python -m pytest -q --durations=15; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
 
 clean:

@@ -118,10 +118,15 @@ def agreed(decision: bool, ranks: Ranks, device: torch.device) -> bool:
 
 
 @contextlib.contextmanager
-def process_group(rank: int, world: int, port: int, backend: str = "gloo") -> Iterator[Ranks]:
-    """A process group on 127.0.0.1:`port` for this process, destroyed on exit."""
+def process_group(rank: int, world: int, rendezvous: str, backend: str = "gloo") -> Iterator[Ranks]:
+    """A process group of this machine's processes, destroyed on exit.
+
+    `rendezvous`: a file path the ranks meet through (a FileStore: torch's TCP store would listen
+    on every interface); gloo's own connections stay on the loopback device.
+    """
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     dist.init_process_group(
-        backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+        backend, init_method=f"file://{rendezvous}", rank=rank, world_size=world
     )
     try:
         yield Ranks.current()

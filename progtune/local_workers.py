@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import socket
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,6 @@ from progtune.errors import ProgtuneError
 from progtune.train import Report, TrainResult
 
 _POLL_S = 0.5  # how often the parent checks that no worker died silently
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def worker_threads(cfg: Config, workers: int) -> int:
@@ -63,13 +57,14 @@ def run_local_workers(
     cfg = with_overrides(cfg, {"runtime.threads": worker_threads(cfg, workers)})
     ctx = mp.get_context("spawn")
     rows, answers = ctx.Queue(), ctx.Queue()
-    port = free_port()
+    meeting = tempfile.mkdtemp(prefix="progtune-workers-")  # the ranks' FileStore
+    rendezvous = os.path.join(meeting, "rendezvous")
     ckpt = str(checkpoint_dir) if checkpoint_dir else None
     resume = str(resume_from) if resume_from else None
     procs = [
         ctx.Process(
             target=_worker,
-            args=(rank, workers, port, cfg, data, ckpt, resume, rows, answers),
+            args=(rank, workers, rendezvous, cfg, data, ckpt, resume, rows, answers),
             daemon=False,  # compile workers may start processes of their own
         )
         for rank in range(workers)
@@ -86,6 +81,7 @@ def run_local_workers(
             if p.is_alive():
                 p.kill()
                 p.join()
+        shutil.rmtree(meeting, ignore_errors=True)
 
 
 def _serve(procs: list, rows: Any, answers: Any, report: Report | None) -> TrainResult:
@@ -126,7 +122,7 @@ def _error_of(error_type: str, line: str) -> Exception:
 def _worker(
     rank: int,
     world: int,
-    port: int,
+    rendezvous: str,
     cfg: Config,
     data: Any,
     checkpoint_dir: str | None,
@@ -144,7 +140,7 @@ def _worker(
         return answers.get()
 
     try:
-        with process_group(rank, world, port):
+        with process_group(rank, world, rendezvous):
             result = train(
                 cfg,
                 relay if rank == 0 else None,

@@ -60,3 +60,25 @@ def test_local_search_listens_on_loopback_only_and_leaves_home_alone(tmp_path):
     exposed = {(a, p) for a, p in seen if a not in ("127.0.0.1", "0:0:0:0:0:0:0:1")}
     assert not exposed, f"listening beyond loopback: {sorted(exposed)}"
     assert not (home / ".ray").exists(), "Ray's token file must not land in the user's home"
+
+
+def test_local_workers_listen_on_loopback_only(tmp_path):
+    # `progtune train --workers-per-trial 2` meets through a file, not torch's TCP store (which
+    # listens on every interface); gloo's pair sockets stay on 127.0.0.1.
+    env = {**os.environ, "PROGTUNE_CACHE": str(tmp_path / "cache")}
+    before = listeners()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "progtune.cli", "train", "--preset", "tiny", "--quiet",
+         "--workers-per-trial", "2", "--out", str(tmp_path / "run")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    seen: set[tuple[str, int]] = set()
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        seen |= listeners() - before
+        time.sleep(0.2)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-3000:]
+    assert seen, "two gloo workers opened no listening socket at all?"
+    exposed = {(a, p) for a, p in seen if a not in ("127.0.0.1", "0:0:0:0:0:0:0:1")}
+    assert not exposed, f"listening beyond loopback: {sorted(exposed)}"
