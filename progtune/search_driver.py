@@ -32,7 +32,10 @@ from progtune.trial_workers import driver_resources
 if TYPE_CHECKING:
     from progtune.optuna_searcher import ProgtuneOptunaSearch
 
-_LIVE_ROWS_EVERY_S = 5.0  # how often the reference's live rows are read / the target re-sent
+_LIVE_ROWS_EVERY_S = 5.0  # how often the reference's live rows are read
+# How often the known target is sent to the board again: a restarted board forgets it, and a
+# tiny trial started meanwhile can pass the target within seconds (one cheap actor call).
+_TARGET_EVERY_S = 1.0
 _SLOTS_EVERY_S = 10.0  # how often the cluster's resources are read again (it may grow)
 
 
@@ -190,7 +193,7 @@ class Search:
         target = self.state.target
         if not self.settings.stop_at_target or target is None:
             return
-        if time.monotonic() - self._last_poll > _LIVE_ROWS_EVERY_S:
+        if time.monotonic() - self._last_poll > _TARGET_EVERY_S:
             self._last_poll = time.monotonic()
             self.setup.board.set.remote(target)
 
