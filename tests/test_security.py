@@ -39,25 +39,34 @@ def _address(hex_addr: str, width: int) -> str:
     return ":".join(raw[i : i + 2].hex() for i in range(0, 16, 2))
 
 
-def test_local_search_listens_on_loopback_only_and_leaves_home_alone(tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {**os.environ, "HOME": str(home), "PROGTUNE_CACHE": str(tmp_path / "cache")}
+def exposed_listeners(args: list[str], env: dict, cwd: Path, poll_s: float) -> tuple[set, set]:
+    """Run `python -m progtune.cli ARGS` to its end (it must succeed) sampling the listening
+    sockets it adds; (all of them, those beyond loopback)."""
     before = listeners()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "progtune.cli", "search", "--space", "smoke", "--preset", "tiny",
-         "--num-samples", "2", "--storage", str(tmp_path / "res"), "--name", "sec"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        [sys.executable, "-m", "progtune.cli", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
     )  # fmt: skip
     seen: set[tuple[str, int]] = set()
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
         seen |= listeners() - before
-        time.sleep(0.5)
+        time.sleep(poll_s)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output[-3000:]
+    return seen, {(a, p) for a, p in seen if a not in ("127.0.0.1", "0:0:0:0:0:0:0:1")}
+
+
+def test_local_search_listens_on_loopback_only_and_leaves_home_alone(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "PROGTUNE_CACHE": str(tmp_path / "cache")}
+    seen, exposed = exposed_listeners(
+        ["search", "--space", "smoke", "--preset", "tiny", "--num-samples", "2",
+         "--storage", str(tmp_path / "res"), "--name", "sec"],
+        env, tmp_path, 0.5,
+    )  # fmt: skip
     assert seen, "the search opened no listening socket at all? (Ray must have run)"
-    exposed = {(a, p) for a, p in seen if a not in ("127.0.0.1", "0:0:0:0:0:0:0:1")}
     assert not exposed, f"listening beyond loopback: {sorted(exposed)}"
     assert not (home / ".ray").exists(), "Ray's token file must not land in the user's home"
 
@@ -66,19 +75,10 @@ def test_local_workers_listen_on_loopback_only(tmp_path):
     # `progtune train --workers-per-trial 2` meets through a file, not torch's TCP store (which
     # listens on every interface); gloo's pair sockets stay on 127.0.0.1.
     env = {**os.environ, "PROGTUNE_CACHE": str(tmp_path / "cache")}
-    before = listeners()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "progtune.cli", "train", "--preset", "tiny", "--quiet",
-         "--workers-per-trial", "2", "--out", str(tmp_path / "run")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+    seen, exposed = exposed_listeners(
+        ["train", "--preset", "tiny", "--quiet", "--workers-per-trial", "2",
+         "--out", str(tmp_path / "run")],
+        env, tmp_path, 0.2,
     )  # fmt: skip
-    seen: set[tuple[str, int]] = set()
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        seen |= listeners() - before
-        time.sleep(0.2)
-    output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, output[-3000:]
     assert seen, "two gloo workers opened no listening socket at all?"
-    exposed = {(a, p) for a, p in seen if a not in ("127.0.0.1", "0:0:0:0:0:0:0:1")}
     assert not exposed, f"listening beyond loopback: {sorted(exposed)}"
