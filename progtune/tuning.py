@@ -16,6 +16,8 @@ import dataclasses
 import logging
 import os
 import shutil
+import signal
+import threading
 from typing import Any
 
 import ray
@@ -69,7 +71,9 @@ def _fit(settings: SearchSettings, data: Any) -> tuple[int, SearchState]:
     search.state.tracker = tracker  # fed where the Parquet rows are (README: tracking)
     try:
         search.start_or_reuse_reference(data)
+        own_handler = signal.getsignal(signal.SIGINT)
         results = _tuner(search, _trainable(search, data)).fit()  # Ctrl-C: Tune saves, returns
+        _restore_sigint(own_handler)
         return _finish(search, results)
     finally:
         if tracker is not None:
@@ -90,15 +94,32 @@ def _trainable(search: Search, data: Any) -> Any:
     )
 
 
+def _restore_sigint(handler: Any) -> None:
+    """Tune leaves its own SIGINT handler installed when it ends without a signal; it only
+    logs. Put ours back, so a Ctrl-C while the reference still trains interrupts the search."""
+    if threading.current_thread() is threading.main_thread() and handler is not None:
+        signal.signal(signal.SIGINT, handler)
+
+
+def _reference_waited_for(search: Search) -> bool:
+    """Wait for a reference still training after the last trial; False on Ctrl-C."""
+    try:
+        search.wait_for_reference()
+    except KeyboardInterrupt:
+        return False
+    return True
+
+
 def _finish(search: Search, results: Any) -> tuple[int, SearchState]:
     """After Tune returns: settle the reference run and the pending tells; the exit code."""
     settings, state = search.settings, search.state
     unfinished = sum(1 for r in results if r.error is None and not (r.metrics or {}).get("done"))
     unfinished += max(0, _expected_trials(settings) - len(results))
     interrupted = bool(unfinished) and settings.time_budget_s is None
+    if not interrupted:
+        interrupted = not _reference_waited_for(search)
     if interrupted:
         search.cancel_reference()  # --resume continues it from its stored checkpoint
-    search.wait_for_reference()
     search.tell_pending()
     if not interrupted:  # --time-budget ended the trials still in flight
         for rec in state.trials.values():
