@@ -22,7 +22,6 @@ Bad input (unknown preset or knob, --segments < 2) is one line, exit 2.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -32,7 +31,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paired_ratios import arm_order, rate_line, ratio_line, ratio_summary
+from paired_ratios import (
+    arm_order,
+    arms_config,
+    arms_parser,
+    fail,
+    rate_line,
+    ratio_line,
+    ratio_summary,
+)
 
 from progtune.errors import ProgtuneError
 
@@ -140,34 +147,20 @@ def print_figures(r: dict[str, Any]) -> None:
         print(f"{arm}: warm-up excess of the first segment, s (repeat 1 = cold cache): {excess}")
 
 
-def fail(message: str) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="cpu-small")
-    parser.add_argument("--tokens", type=int, help="budget.tokens of every run (the preset's)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--segments", type=int, default=5, help="evaluations per run (>= 2)")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides")
+    segments = ("--segments", {"type": int, "default": 5, "help": "evaluations per run (>= 2)"})
+    parser = arms_parser(PROG, __doc__, segments)
     args = parser.parse_intermixed_args(argv)
     if args.segments < 2 or args.repeats < 1:
-        fail("--segments must be >= 2 and --repeats >= 1")
+        fail(PROG, "--segments must be >= 2 and --repeats >= 1")
     with tempfile.TemporaryDirectory(prefix="compile-cpu-") as tmp:
         own_cache = "TORCHINDUCTOR_CACHE_DIR" not in os.environ
         if own_cache:  # set before torch is imported; removed with the folder
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = tmp
         try:
-            from progtune.config import parse_assignments, resolve
             from progtune.data import prepare_data
 
-            overrides = parse_assignments(args.overrides)
-            if args.tokens:
-                overrides["budget.tokens"] = args.tokens
-            cfg = resolve(args.preset, overrides=overrides)
+            cfg = arms_config(args)
             arm_config(cfg, True, args.segments)  # an unknown knob is refused before any run
             data = prepare_data(cfg.data)
             m = cfg.model
@@ -179,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             result = measure(cfg, data, args.repeats, args.segments)
         except ProgtuneError as err:
-            fail(str(err))
+            fail(PROG, str(err))
         finally:
             if own_cache:
                 del os.environ["TORCHINDUCTOR_CACHE_DIR"]

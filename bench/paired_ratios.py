@@ -7,8 +7,12 @@ repeat's pair gives one ratio; the median is the figure, min-max its spread.
 
 from __future__ import annotations
 
+import argparse
 import statistics
+import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
 
 
 def arm_order(repeat: int, arms: tuple[str, str]) -> tuple[str, str]:
@@ -45,3 +49,33 @@ def rate_line(name: str, rates: Sequence[float], unit: str = "tokens/s") -> str:
         f"{name}: median {statistics.median(rates):,.0f} {unit} "
         f"(min-max {min(rates):,.0f}-{max(rates):,.0f})"
     )
+
+
+def fail(prog: str, message: str) -> NoReturn:
+    """A bench script's one-line error, exit 2."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def arms_parser(prog: str, doc: str, *own: tuple[str, dict[str, Any]]) -> argparse.ArgumentParser:
+    """The paired-arm scripts' command line: --preset, --tokens, --repeats, their `own` options,
+    --json and KEY=VALUE overrides."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    parser.add_argument("--preset", default="cpu-small")
+    parser.add_argument("--tokens", type=int, help="budget.tokens of every run (the preset's)")
+    parser.add_argument("--repeats", type=int, default=3)
+    for flag, kwargs in own:
+        parser.add_argument(flag, **kwargs)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides")
+    return parser
+
+
+def arms_config(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> Any:
+    """The preset with `defaults`, then the KEY=VALUE overrides, then --tokens."""
+    from progtune.config import parse_assignments, resolve
+
+    overrides = {**(defaults or {}), **parse_assignments(args.overrides)}
+    if args.tokens:
+        overrides["budget.tokens"] = args.tokens
+    return resolve(args.preset, overrides=overrides)

@@ -23,7 +23,6 @@ Bad input (unknown preset or knob, N < 2, a batch the workers cannot split) is o
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -31,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paired_ratios import arm_order, rate_line, ratio_line, ratio_summary
+from paired_ratios import (
+    arm_order,
+    arms_config,
+    arms_parser,
+    fail,
+    rate_line,
+    ratio_line,
+    ratio_summary,
+)
 
 from progtune.errors import ProgtuneError
 
@@ -162,31 +169,19 @@ def print_figures(r: dict[str, Any], workers: int) -> None:
         )
 
 
-def fail(message: str) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="cpu-small")
-    parser.add_argument("--tokens", type=int, help="budget.tokens of every run (the preset's)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=2, help="N (>= 2)")
-    parser.add_argument("--one-threads", type=int, help="threads of the one process (N)")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides")
+    parser = arms_parser(
+        PROG,
+        __doc__,
+        ("--workers", {"type": int, "default": 2, "help": "N (>= 2)"}),
+        ("--one-threads", {"type": int, "help": "threads of the one process (N)"}),
+    )
     args = parser.parse_intermixed_args(argv)
     bad_threads = args.one_threads is not None and args.one_threads < 1
     if args.workers < 2 or args.repeats < 1 or bad_threads:
-        fail("--workers must be >= 2, --repeats and --one-threads >= 1")
+        fail(PROG, "--workers must be >= 2, --repeats and --one-threads >= 1")
     try:
-        from progtune.config import parse_assignments, resolve
-
-        overrides = {"model.dropout": 0.0, **parse_assignments(args.overrides)}
-        if args.tokens:
-            overrides["budget.tokens"] = args.tokens
-        cfg = resolve(args.preset, overrides=overrides)
+        cfg = arms_config(args, {"model.dropout": 0.0})
         from progtune.data import prepare_data
 
         data = prepare_data(cfg.data)
@@ -199,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         result = measure(cfg, data, args.workers, args.repeats, args.one_threads)
     except ProgtuneError as err:
-        fail(str(err))
+        fail(PROG, str(err))
     print(f"precision {result['precision']}")
     print_figures(result, args.workers)
     if args.json:
