@@ -51,6 +51,23 @@ SCALES: dict[str, tuple[str, dict[str, Any]]] = {
 # The cheap scale with its own scratch LR: 2e-3 beat cpu-small's 4e-3 there (4.975 vs 5.059,
 # 8e-3 5.235; seed 1, bench/preset_fidelity.py), as cpu-small's LR is tuned at its own budget.
 SCALES["cheap-lr2e-3"] = (SCALES["cheap"][0], {**SCALES["cheap"][1], "lr.peak": 2e-3})
+# Two more candidates that keep cpu-small's 781 optimizer steps (its loss regime, where growth
+# pays, may follow the steps rather than tokens per parameter; `cheap` took 390): cpu-small's own
+# model at a quarter of the batch and tokens (LR halved, the square-root rule for a 4x smaller
+# batch), and width 64 at half the tokens. fp32: the faster precision at these widths on a CPU.
+SCALES["b4-400k"] = (
+    "cpu-small",
+    {
+        "budget.batch_size": 4,
+        "budget.tokens": 400_000,
+        "lr.peak": 2e-3,
+        "runtime.precision": "fp32",
+    },
+)
+SCALES["w64-800k"] = (
+    "cpu-small",
+    {**SCALES["cheap"][1], "budget.batch_size": 8, "budget.tokens": 800_000},
+)
 RUN_OVERRIDES = {"runtime.threads": 1}  # every recorded run: one thread (2 cores shared)
 
 

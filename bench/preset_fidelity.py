@@ -34,7 +34,7 @@ from progtune.results import flops_to_target, saving
 
 OUT = Path(__file__).resolve().parent / "landscape"
 # Recorded in this order; each other scale is compared with REFERENCE_SCALE.
-SCALE_NAMES = ("cheap", "cpu-small", "cheap-lr2e-3")
+SCALE_NAMES = ("cheap", "cpu-small", "cheap-lr2e-3", "b4-400k", "w64-800k")
 REFERENCE_SCALE = "cpu-small"
 SEED = 1
 
@@ -196,26 +196,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--report", action="store_true", help="report what is recorded, run nothing")
     p.add_argument("--limit", type=int, default=None, help="at most N more runs in all")
     p.add_argument("--out", type=Path, default=OUT, help="folder of the scale folders")
+    p.add_argument("--scales", default=",".join(SCALE_NAMES), help="record only these (a,b)")
     args = p.parse_args(argv)
+    scales = [s for s in args.scales.split(",") if s]
+    if unknown := sorted(set(scales) - set(SCALE_NAMES)):
+        p.error(f"unknown scale {unknown[0]}: choose from {', '.join(SCALE_NAMES)}")
     if args.list:
         for name in SCALE_NAMES:
             print(f"== {name}")
             print("\n".join(cost_lines(_runs(name)[1], _scale_folder(name, args.out))))
         return 0
     if not args.report:
-        _record_all(args.limit, args.out)
+        _record_all(args.limit, args.out, scales)
     print("\n".join(report_lines(args.out)))
     return 0
 
 
-def _record_all(limit: int | None, root: Path) -> None:
+def _record_all(limit: int | None, root: Path, scales: Sequence[str]) -> None:
     import os
 
     from progtune.data import prepare_data
 
     os.nice(19 - os.nice(0))  # background work: the 2 cores are shared
     left = limit
-    for name in SCALE_NAMES:
+    for name in scales:
         base, runs = _runs(name)
         data = prepare_data(base.data)
         done = record(
