@@ -1,0 +1,302 @@
+"""A recorded landscape read for replay, each run scored as the product scores it, and the metrics.
+
+Scores. The reference on seed s is scratch at the preset's LR (landscape_space.scratch(base, 1.0),
+label "scratch lr x1"); the target on seed s is its final eval_loss on seed s. The target is known
+from the start of a replayed search: the product reuses a stored reference (`--reference`), so its
+cost is not counted. A run's objective is the product's (progtune.search_state.objective: FLOPs to
+the target, or the surrogate planned_flops x (best/target)^10 for a miss). Its saving is
+progtune.results.saving(objective, reference FLOPs to target): for a hit that is the usual saving;
+a miss gets the surrogate's saving, which is <= 0 (its objective is at least a whole budget), so
+misses rank below every hit and among themselves by their best loss. A failed run (no curve) has
+saving -inf. Compute is counted in whole-run equivalents: FLOPs spent by trials / the reference's
+total FLOPs.
+
+Metrics (per strategy; a search selects its incumbent on one seed and is scored on the other, both
+directions count): compute until the incumbent is within 2 points of the landscape's best saving
+(best over the configurations a search space can propose: scratch runs are left out), its median
+with a bootstrap interval; P(within 2 points) at 8, 16 and 32 run-equivalents with Wilson
+intervals; a regret-vs-compute PNG (median regret, bootstrap band).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from progtune.config import KNOB_TYPES, Config, from_flat
+from progtune.results import flops_to_target, saving
+from progtune.search_state import objective
+
+REFERENCE_LABEL = "scratch lr x1"  # landscape_space.scratch(base, 1.0).label
+WITHIN = 0.02  # "within 2 points" of the best saving
+BUDGETS = (8.0, 16.0, 32.0)  # run-equivalents at which P(within) is reported
+
+
+class LandscapeError(ValueError):
+    """A landscape folder that cannot be replayed (one-line reason)."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One recorded (config, seed): its curve (eval points in FLOP order) and summary."""
+
+    flops: np.ndarray
+    tokens: np.ndarray
+    loss: np.ndarray
+    stage: np.ndarray
+    total_flops: float
+    total_tokens: float
+    growth_tokens: float  # tokens at the last growth (last boundary x budget); 0: no growth
+    final_loss: float
+    status: str  # completed | diverged | failed
+
+    def rows(self) -> list[dict[str, float]]:
+        return [
+            {"flops": float(f), "tokens": float(t), "eval_loss": float(v)}
+            for f, t, v in zip(self.flops, self.tokens, self.loss, strict=True)
+        ]
+
+    def loss_at(self, flops: float, vocab_size: int) -> float:
+        """The last recorded finite loss at or before `flops` (ln V, a uniform guess, if none)."""
+        ok = (self.flops <= flops * (1 + 1e-12)) & np.isfinite(self.loss)
+        return float(self.loss[ok][-1]) if ok.any() else math.log(vocab_size)
+
+
+@dataclass
+class Landscape:
+    folder: Path
+    knobs: pd.DataFrame  # one row per config_id (index), its knob columns and label
+    runs: dict[tuple[str, int], Run]
+    seeds: list[int]
+    reference_id: str
+    vocab_size: int
+    base: Config  # the reference's config: n_layers, the preset's LR (what a space is built on)
+    searchable: list[str]  # progressive configs (>= 2 stages): what a search space can propose
+
+    def reference(self, seed: int) -> Run:
+        return self.runs[(self.reference_id, seed)]
+
+    def objective(self, cfg_id: str, seed: int) -> float:
+        """The product's objective of a run on `seed` (its own seed's target)."""
+        run, ref = self.runs[(cfg_id, seed)], self.reference(seed)
+        if run.status == "failed" or len(run.flops) == 0:
+            return math.inf
+        planned = max(run.total_flops, ref.total_flops)
+        return objective(run.rows(), ref.final_loss, planned, self.vocab_size)
+
+    def saving(self, cfg_id: str, seed: int) -> float:
+        ref = self.reference(seed)
+        c_ref = flops_to_target(ref.rows(), ref.final_loss)
+        value = saving(self.objective(cfg_id, seed), c_ref)
+        return -math.inf if value is None else value
+
+
+def _read_run(curve: pd.DataFrame, summary: pd.Series) -> Run:
+    curve = curve.sort_values("flops")
+    bounds = summary["stages.boundaries"]
+    growth = float(bounds[-1]) * float(summary["budget.tokens"]) if len(bounds) else 0.0
+    return Run(
+        flops=curve["flops"].to_numpy(float),
+        tokens=curve["tokens"].to_numpy(float),
+        loss=curve["eval_loss"].to_numpy(float),
+        stage=curve["stage"].fillna(0).to_numpy(float),
+        total_flops=float(summary["flops"]) if pd.notna(summary["flops"]) else 0.0,
+        total_tokens=float(summary["tokens"]) if pd.notna(summary["tokens"]) else 0.0,
+        growth_tokens=growth,
+        final_loss=float(summary["eval_loss"]) if pd.notna(summary["eval_loss"]) else math.nan,
+        status=str(summary["status"]),
+    )
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, np.ndarray) else value
+
+
+def load_landscape(folder: Path, reference_label: str = REFERENCE_LABEL) -> Landscape:
+    """Read a landscape folder (Parquet part files); LandscapeError says why it cannot be used."""
+    folder = Path(folder)
+    if not folder.is_dir() or not any(folder.glob("*.parquet")):
+        raise LandscapeError(f"{folder} is not a landscape folder (no Parquet part files)")
+    df = pd.read_parquet(folder)
+    summaries = df[df["row"] == "summary"]
+    seeds = sorted(int(s) for s in summaries["seed"].unique())
+    if len(seeds) < 2:
+        raise LandscapeError(
+            f"{folder} holds seed(s) {seeds} only: replay selects on one seed and scores on "
+            "another, so it needs 2"
+        )
+    refs = summaries[summaries["label"] == reference_label]["config_id"].unique()
+    if len(refs) != 1:
+        raise LandscapeError(f"{folder} has no single reference run labelled {reference_label!r}")
+    curves = df[df["row"] == "curve"]
+    runs = {}
+    for (cfg_id, seed), s in summaries.groupby(["config_id", "seed"]):
+        c = curves[(curves["config_id"] == cfg_id) & (curves["seed"] == seed)]
+        runs[(str(cfg_id), int(seed))] = _read_run(c, s.iloc[-1])
+    complete = {
+        cid for cid in summaries["config_id"].unique() if all((cid, s) in runs for s in seeds)
+    }
+    for seed in seeds:
+        if runs[(refs[0], seed)].status != "completed":
+            raise LandscapeError(f"{folder}: the reference run on seed {seed} did not complete")
+    knobs = summaries.drop_duplicates("config_id").set_index("config_id")
+    flat = {k: _plain(v) for k, v in knobs.loc[refs[0]].items() if k in KNOB_TYPES}
+    searchable = [
+        c for c in knobs.index if c in complete and len(knobs.loc[c, "stages.boundaries"]) > 0
+    ]
+    if not searchable:
+        raise LandscapeError(f"{folder} holds no progressive configuration on every seed")
+    return Landscape(
+        folder=folder,
+        knobs=knobs,
+        runs=runs,
+        seeds=seeds,
+        reference_id=str(refs[0]),
+        vocab_size=int(knobs.loc[refs[0], "data.vocab_size"]),
+        base=from_flat(flat),
+        searchable=searchable,
+    )
+
+
+def scores(land: Landscape) -> pd.DataFrame:
+    """objective and saving of every searchable config on every seed (columns per seed)."""
+    rows = []
+    for cfg_id in land.searchable:
+        row: dict[str, Any] = {"config_id": cfg_id, "label": land.knobs.loc[cfg_id, "label"]}
+        for s in land.seeds:
+            row[f"objective_s{s}"] = land.objective(cfg_id, s)
+            row[f"saving_s{s}"] = land.saving(cfg_id, s)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("config_id")
+
+
+# ----------------------------------------------------------------------------- metrics
+def incumbent_savings(trace: list[tuple[float, str | None]], score: pd.Series) -> np.ndarray:
+    """(compute, incumbent) events -> the incumbent's saving on the scoring seed at each event.
+
+    No incumbent yet scores 0 (the user would fall back to training from scratch)."""
+    return np.array([0.0 if cid is None else score[cid] for _, cid in trace])
+
+
+def compute_to_within(
+    trace: list[tuple[float, str | None]], score: pd.Series, best: float
+) -> float:
+    """Run-equivalents spent when the incumbent is first within WITHIN of `best` (inf: never)."""
+    savings = incumbent_savings(trace, score)
+    for (compute, _), s in zip(trace, savings, strict=True):
+        if best - s <= WITHIN + 1e-12:
+            return compute
+    return math.inf
+
+
+def regret_curve(
+    trace: list[tuple[float, str | None]], score: pd.Series, best: float, grid: np.ndarray
+) -> np.ndarray:
+    """Regret (best saving - incumbent's, in points) at each compute of `grid`."""
+    computes = np.array([c for c, _ in trace])
+    savings = incumbent_savings(trace, score)
+    idx = np.searchsorted(computes, grid, side="right") - 1
+    inc = np.where(idx >= 0, savings[np.clip(idx, 0, None)], 0.0)
+    return 100.0 * (best - inc)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def bootstrap_median(values: np.ndarray, seed: int = 0, n_boot: int = 2000) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of the median (inf where more than half are inf)."""
+    values = np.asarray(values, float)
+    rng = np.random.default_rng(seed)
+    meds = np.median(rng.choice(values, size=(n_boot, len(values)), replace=True), axis=1)
+    # order statistics, not interpolation: an inf median (most searches never got within) stays inf
+    lo, hi = np.quantile(meds, 0.025, method="lower"), np.quantile(meds, 0.975, method="higher")
+    return (float(lo), float(hi))
+
+
+def summarize(results: pd.DataFrame, budget: float = max(BUDGETS)) -> pd.DataFrame:
+    """One row per strategy: median compute to within 2 points [CI], P(within) [Wilson CI] at
+    each of BUDGETS the searches ran to (`budget`)."""
+    rows = []
+    for name, g in results.groupby("strategy", sort=False):
+        c = g["compute_to_within"].to_numpy(float)
+        lo, hi = bootstrap_median(c)
+        row: dict[str, Any] = {"strategy": name, "searches": len(g), "median_compute": np.median(c)}
+        row |= {"median_lo": lo, "median_hi": hi}
+        for b in (b for b in BUDGETS if b <= budget):
+            k = int((c <= b).sum())
+            row[f"p_at_{b:g}"], (row[f"p_at_{b:g}_lo"], row[f"p_at_{b:g}_hi"]) = (
+                k / len(c),
+                wilson(k, len(c)),
+            )
+        row["mean_snap_distance"] = g["mean_snap_distance"].mean()
+        row["trials"] = g["trials"].mean()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _num(x: float) -> str:
+    return "never" if math.isinf(x) else f"{x:.1f}"
+
+
+def markdown_table(summary: pd.DataFrame) -> str:
+    budgets = [b for b in BUDGETS if f"p_at_{b:g}" in summary]
+    head = "| strategy | searches | median run-eq to within 2 pts [95% CI] | "
+    head += " | ".join(f"P(within) at {b:g} [Wilson 95%]" for b in budgets)
+    head += " | trials | mean snap distance |"
+    lines = [head, "|" + "---|" * (5 + len(budgets))]
+    for r in summary.itertuples(index=False):
+        d = r._asdict()
+        cells = [
+            d["strategy"],
+            str(d["searches"]),
+            f"{_num(d['median_compute'])} [{_num(d['median_lo'])}, {_num(d['median_hi'])}]",
+        ]
+        cells += [
+            f"{d[f'p_at_{b:g}']:.2f} [{d[f'p_at_{b:g}_lo']:.2f}, {d[f'p_at_{b:g}_hi']:.2f}]"
+            for b in budgets
+        ]
+        cells += [f"{d['trials']:.1f}", f"{d['mean_snap_distance']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_regret(curves: dict[str, np.ndarray], grid: np.ndarray, path: Path) -> None:
+    """Median regret (points) vs run-equivalents per strategy, 95 % bootstrap band; atomic PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from progtune.atomic import write_atomic
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rng = np.random.default_rng(0)
+    for name, regrets in curves.items():  # regrets: searches x grid
+        med = np.median(regrets, axis=0)
+        boot = rng.integers(0, len(regrets), size=(500, len(regrets)))
+        meds = np.median(regrets[boot], axis=1)
+        ax.plot(grid, med, label=name)
+        lo, hi = np.quantile(meds, 0.025, axis=0), np.quantile(meds, 0.975, axis=0)
+        ax.fill_between(grid, lo, hi, alpha=0.2)
+    ax.axhline(100 * WITHIN, color="grey", linestyle=":", label="2 points")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_ylim(bottom=0.0)  # regret >= 0: the best is taken over every searchable config
+    ax.set_xlabel("compute spent (whole-run equivalents of the reference)")
+    ax.set_ylabel("regret: best saving - incumbent's (points)")
+    ax.set_title("median regret on the scoring seed (band: 95% bootstrap)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)

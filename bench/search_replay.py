@@ -1,0 +1,295 @@
+"""Replay search strategies on a recorded landscape at zero training cost (issue 11, part 3).
+
+    .venv/bin/python bench/search_replay.py LANDSCAPE_FOLDER [--strategies a,b] [--seeds 30]
+        [--slots 2] [--budget 32] [--out DIR]
+
+A simulator modelled on Syne Tune's simulator backend (syne_tune.blackbox_repository.simulated_
+tabular_backend / backend.simulator_backend: a simulated clock, a trial "runs" for its recorded cost
+and its results arrive in simulated-time order, so asynchronous decisions see what a real search
+would have seen). The clock counts FLOPs per slot (every slot trains at the same FLOP rate): a
+trial started at t on the recorded run of its configuration reports each rung at t + its FLOPs and
+ends at t + its total FLOPs. Slots (default 2) are asynchronous: a proposal is made only into a
+free slot, after every finished trial was told to the study (COMPLETE with the product's objective,
+PRUNED with its losses when ASHA stopped it, FAIL for diverged/failed runs), as the product's
+ProgtuneOptunaSearch gate does; trials still running stay RUNNING in the study (TPE's constant
+liar sees them). The target is known from the start (the product reuses a stored reference,
+`--reference`); the reference's own cost is not counted.
+
+Each search (strategy x search seed) selects its incumbent on one training seed - the finished
+COMPLETE trial with the lowest objective there - and is scored on the other seed; with seeds 1, 2
+both directions count. Strategies, snapping and ASHA: bench/replay_strategies.py; scores and
+metrics: bench/replay_metrics.py. Writes DIR/replay.parquet (one row per strategy, search seed and
+selection seed), DIR/replay.png (regret vs compute) and DIR/replay.md (the printed table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import math
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from replay_metrics import (
+    BUDGETS,
+    Landscape,
+    LandscapeError,
+    Run,
+    compute_to_within,
+    load_landscape,
+    markdown_table,
+    plot_regret,
+    regret_curve,
+    scores,
+    summarize,
+)
+from replay_strategies import (
+    STRATEGIES,
+    AshaReplay,
+    OptunaProposer,
+    SnapTable,
+    gp_missing,
+    make_proposer,
+    make_scheduler,
+)
+
+from progtune.atomic import write_atomic, write_text_atomic
+
+MAX_TRIALS = 2000  # a guard: zero-cost (failed at set-up) runs cannot loop forever
+
+
+@dataclass
+class Trial:
+    number: int
+    optuna_trial: Any
+    cfg_id: str
+    run: Run
+    start: float  # simulated clock (FLOPs per slot) when it started
+    snap_distance: float
+    state: str = "RUNNING"
+
+
+@dataclass
+class SearchLog:
+    """What one simulated search did: incumbent after each finish, and each proposal's view."""
+
+    trace: list[tuple[float, str | None]] = field(default_factory=lambda: [(0.0, None)])
+    asks: list[dict[str, int]] = field(default_factory=list)
+    trials: list[Trial] = field(default_factory=list)
+
+
+def _finish(
+    trial: Trial, state: str, elapsed: float, proposer: OptunaProposer, land, seed
+) -> float:
+    """Tell the study how `trial` ended; returns the objective told (inf if none)."""
+    trial.state = state
+    value = land.objective(trial.cfg_id, seed) if state == "COMPLETE" else None
+    curve = [r for r in trial.run.rows() if r["flops"] <= elapsed * (1 + 1e-12)]
+    proposer.tell(trial.optuna_trial, state, value, curve)
+    return math.inf if value is None else value
+
+
+def _start(
+    log: SearchLog, proposer, snap: SnapTable, land: Landscape, seed: int, now: float, free: int
+) -> Trial:
+    finished = sum(t.state != "RUNNING" for t in log.trials)
+    log.asks.append(
+        {"free_slots": free, "unstarted": 0, "finished": finished, "told": proposer.told()}
+    )
+    optuna_trial, overrides = proposer.ask()
+    cfg_id, distance = snap.snap(overrides)
+    trial = Trial(len(log.trials), optuna_trial, cfg_id, land.runs[(cfg_id, seed)], now, distance)
+    log.trials.append(trial)
+    return trial
+
+
+def simulate(
+    land: Landscape,
+    proposer: OptunaProposer,
+    scheduler: AshaReplay | None,
+    select_seed: int,
+    slots: int = 2,
+    budget: float = 32.0,
+    snap: SnapTable | None = None,
+) -> SearchLog:
+    """One asynchronous search on `slots` slots until `budget` run-equivalents are spent."""
+    snap = snap or SnapTable(land)
+    limit = budget * land.reference(select_seed).total_flops
+    log, events, running = SearchLog(), [], {}
+    now = spent = 0.0
+    best = (math.inf, None)
+    while True:
+        while len(running) < slots and spent < limit and len(log.trials) < MAX_TRIALS:
+            t = _start(log, proposer, snap, land, select_seed, now, slots - len(running))
+            running[t.number] = t
+            for flops, asha_time in scheduler.checks(t.run) if scheduler else []:
+                heapq.heappush(events, (now + flops, t.number, "rung", asha_time))
+            heapq.heappush(events, (now + t.run.total_flops, t.number, "end", 0.0))
+        if not running or spent >= limit:
+            return log
+        when, number, kind, asha_time = heapq.heappop(events)
+        if number not in running:
+            continue  # stopped by ASHA earlier
+        spent += (when - now) * len(running)
+        now, trial = when, running[number]
+        elapsed = now - trial.start
+        if kind == "rung":
+            loss = trial.run.loss_at(elapsed, land.vocab_size)
+            if not scheduler.decide(str(number), asha_time, loss):
+                continue
+            state = "PRUNED"
+        else:
+            state = "COMPLETE" if trial.run.status == "completed" else "FAIL"
+        value = _finish(running.pop(number), state, elapsed, proposer, land, select_seed)
+        if value < best[0]:
+            best = (value, trial.cfg_id)
+        log.trace.append((spent / land.reference(select_seed).total_flops, best[1]))
+
+
+def replay_one(
+    land: Landscape,
+    name: str,
+    search_seed: int,
+    select_seed: int,
+    table: pd.DataFrame,
+    opts: argparse.Namespace,
+    snap: SnapTable,
+    rungs: list[float],
+) -> tuple[dict[str, Any], np.ndarray]:
+    """One search of strategy `name`: its result row and its regret curve on the compute grid."""
+    score_seed = next(s for s in land.seeds if s != select_seed)
+    proposer = make_proposer(name, land, search_seed, select_seed, opts.space, opts.num_samples)
+    log = simulate(
+        land, proposer, make_scheduler(name, rungs), select_seed, opts.slots, opts.budget, snap
+    )
+    score = table[f"saving_s{score_seed}"]
+    best = float(score.max())
+    grid = compute_grid(opts.budget)
+    regret = regret_curve(log.trace, score, best, grid)
+    row: dict[str, Any] = {
+        "strategy": name,
+        "search_seed": search_seed,
+        "select_seed": select_seed,
+        "score_seed": score_seed,
+        "compute_to_within": compute_to_within(log.trace, score, best),
+        "best_saving": best,
+        "final_incumbent": log.trace[-1][1],
+        "trials": len(log.trials),
+        "pruned": sum(t.state == "PRUNED" for t in log.trials),
+        "mean_snap_distance": float(np.mean([t.snap_distance for t in log.trials])),
+    }
+    for b in (b for b in BUDGETS if b <= opts.budget):
+        row[f"regret_at_{b:g}"] = float(regret[np.searchsorted(grid, b, side="right") - 1])
+    return row, regret
+
+
+def compute_grid(budget: float) -> np.ndarray:
+    return np.linspace(0.0, budget, int(budget * 4) + 1)
+
+
+def replay(
+    land: Landscape, names: list[str], opts: argparse.Namespace
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Every strategy x search seed x selection seed (the other seed scores)."""
+    from progtune.search_driver import asha_rungs  # imports Ray (as the ASHA bracket does)
+    from progtune.search_state import reference_config
+
+    rungs = asha_rungs(reference_config(land.base), land.vocab_size)
+    table, snap = scores(land), SnapTable(land)
+    rows, curves = [], {}
+    for name in names:
+        t0, regrets = time.perf_counter(), []
+        for search_seed in range(opts.seeds):
+            for select_seed in land.seeds[:2]:
+                row, regret = replay_one(
+                    land, name, search_seed, select_seed, table, opts, snap, rungs
+                )
+                rows.append(row)
+                regrets.append(regret)
+        curves[name] = np.array(regrets)
+        print(f"  {name}: {len(regrets)} searches in {time.perf_counter() - t0:.1f} s", flush=True)
+    return pd.DataFrame(rows), curves
+
+
+def landscape_lines(land: Landscape, table: pd.DataFrame) -> list[str]:
+    lines = [
+        f"landscape {land.folder}: {len(land.knobs)} configurations "
+        f"({len(land.searchable)} searchable), seeds {land.seeds}"
+    ]
+    for s in land.seeds[:2]:
+        col = table[f"saving_s{s}"]
+        cid = col.idxmax()
+        hits = int((table[f"objective_s{s}"] <= land.reference(s).total_flops).sum())
+        lines.append(
+            f"seed {s}: target {land.reference(s).final_loss:.4f}, {hits} configurations reach "
+            f"it, best saving {100 * col.max():.1f} % ({table.loc[cid, 'label']})"
+        )
+    return lines
+
+
+def write_outputs(results: pd.DataFrame, curves: dict, text: str, out: Path, budget: float) -> None:
+    table = pa.Table.from_pandas(results, preserve_index=False)
+    write_atomic(out / "replay.parquet", lambda f: pq.write_table(table, f))
+    plot_regret(curves, compute_grid(budget), out / "replay.png")
+    write_text_atomic(out / "replay.md", text + "\n")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("landscape", type=Path, help="landscape folder (bench/landscape.py --out)")
+    p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated names")
+    p.add_argument("--seeds", type=int, default=30, help="search seeds per strategy (>= 30)")
+    p.add_argument("--slots", type=int, default=2, help="trials running at once (default 2)")
+    p.add_argument("--budget", type=float, default=32.0, help="run-equivalents per search")
+    p.add_argument("--space", default="apollo", help="the product's search space (apollo)")
+    p.add_argument("--num-samples", type=int, default=8, help="sets TPE's start-up count (8)")
+    p.add_argument("--out", type=Path, default=None, help="default: LANDSCAPE/../replay-NAME")
+    return p.parse_args(argv)
+
+
+def _check(opts: argparse.Namespace) -> list[str]:
+    names = [n for n in opts.strategies.split(",") if n]
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown or not names:
+        raise LandscapeError(
+            f"unknown strategy {unknown or names}; choose from {', '.join(STRATEGIES)}"
+        )
+    if opts.seeds < 1 or opts.slots < 1 or opts.budget <= 0:
+        raise LandscapeError("--seeds, --slots and --budget must be positive")
+    if "gp" in names and (why := gp_missing()):
+        print(why)
+        names.remove("gp")
+    return names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse_args(argv)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:
+        names = _check(opts)
+        land = load_landscape(opts.landscape)
+    except LandscapeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = opts.out or opts.landscape.parent / f"replay-{opts.landscape.name}"
+    print("\n".join(landscape_lines(land, scores(land))))
+    results, curves = replay(land, names, opts)
+    text = markdown_table(summarize(results, opts.budget))
+    print(text)
+    write_outputs(results, curves, text, out, opts.budget)
+    print(f"wrote {out}/replay.parquet, replay.png, replay.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,371 @@
+"""bench/search_replay.py: simulator, snapping, metrics and ASHA replay on synthetic landscapes."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from bench_scripts import BENCH, load_bench
+
+from progtune.budget import expected_depth, flops_per_token, stage_tokens
+from progtune.config import flatten, list_text
+
+space = load_bench("landscape_space")
+landscape = load_bench("landscape")
+metrics = load_bench("replay_metrics")
+strategies = load_bench("replay_strategies")
+replay = load_bench("search_replay")
+
+EVAL_FRACTIONS = np.linspace(0.0, 1.0, 9)
+
+
+def small_base(tmp_path: Path):
+    """tiny at 4 blocks: three growth schedules, like cpu-small."""
+    overrides = {
+        "model.n_layers": 4,
+        "stages.unique_layers": [1, 2, 4],
+        "stages.boundaries": [0.2, 0.5],
+        "data.cache_dir": str(tmp_path / "cache"),
+    }
+    return space.base_config("tiny", overrides)
+
+
+def _knob_row(cfg) -> dict:
+    row = {}
+    for name, value in flatten(cfg).items():
+        if isinstance(value, tuple):
+            row[name], row[f"{name}_str"] = list(value), list_text(value)
+        else:
+            row[name] = value
+    return row
+
+
+def cumulative_flops(cfg, vocab: int, tokens: float, rates: list[float]) -> float:
+    """FLOPs spent after `tokens` tokens; `rates`: each stage's FLOPs per token (stage_rates)."""
+    total, start = 0.0, 0
+    for n, rate in zip(stage_tokens(cfg), rates, strict=True):
+        total += min(max(tokens - start, 0), n) * rate
+        start += n
+    return total
+
+
+def stage_rates(cfg, vocab: int) -> list[float]:
+    """FLOPs per token of each stage at its expected depth (a Monte Carlo mean: computed once)."""
+    return [
+        flops_per_token(cfg.model, vocab, expected_depth(k, cfg.model.n_layers, cfg.sampling))
+        for k in cfg.stages.unique_layers
+    ]
+
+
+def synthetic_quality(point, seed: int, noise: float) -> float:
+    """Loss per FLOP multiplier of a config: a few knobs matter, lr off the preset hurts."""
+    o = point.overrides
+    q = 1.0
+    q *= {"none": 1.5, "lvps": 1.35, "uniform": 1.2, "edge": 1.25, "full": 0.9}[
+        o["sampling.strategy"]
+    ]
+    q *= 1.08 if o.get("growth.operator", "interpolation") == "interpolation" else 1.0
+    factor = o.get("lr.peak", 3e-3) / 3e-3
+    q *= math.exp(-0.6 * abs(math.log(factor)))
+    q *= 1.0 + 0.2 * (o["stages.boundaries"][:1] or [0.0])[0]
+    rng = np.random.default_rng([zlib.crc32(point.label.encode()), seed])
+    return q * math.exp(noise * rng.standard_normal())
+
+
+def run_rows(base, point, seed: int, cfg_id: str, q: float, status="completed") -> list[dict]:
+    """A synthetic run: loss = 3 + 4 / (1 + q x FLOPs / F0) ** 0.7, eval points every 1/8."""
+    cfg = space.point_config(base, point, seed)
+    vocab = cfg.data.vocab_size
+    total_tokens = cfg.budget.tokens
+    rates = stage_rates(cfg, vocab)
+    f0 = cumulative_flops(cfg, vocab, total_tokens, rates) / 20
+    head = {"config_id": cfg_id, "label": point.label, **_knob_row(cfg)}
+    bounds = [0.0, *cfg.stages.boundaries, 1.0]
+    rows = []
+    for frac in EVAL_FRACTIONS:
+        tokens = int(frac * total_tokens)
+        flops = cumulative_flops(cfg, vocab, tokens, rates)
+        stage = max(i for i, b in enumerate(bounds[:-1]) if frac >= b)
+        loss = 3.0 + 4.0 / (1.0 + q * flops / f0) ** 0.7
+        rows.append({**head, "row": "curve", "step": tokens // 256, "tokens": tokens})
+        rows[-1] |= {"flops": flops, "stage": stage, "eval_loss": loss}
+    summary = {**head, "row": "summary", "status": status, "step": rows[-1]["step"]}
+    summary |= {
+        "tokens": total_tokens,
+        "flops": rows[-1]["flops"],
+        "eval_loss": rows[-1]["eval_loss"],
+    }
+    return [*rows, summary]
+
+
+def write_landscape(folder: Path, base, n_grid: int = 30, seeds=(1, 2), noise=0.03) -> list:
+    """A synthetic landscape of the real plan (scratch LRs, starts, grid sample), part files."""
+    plan = space.landscape_plan(base, n_grid, sample_seed=0)
+    for point in plan:
+        cfg_id = space.point_id(base, point)
+        for seed in seeds:
+            q = synthetic_quality(point, seed, noise) if "scratch" not in point.label else 1.0
+            if point.label.startswith("scratch") and point.label != "scratch lr x1":
+                q = math.exp(-0.6 * abs(math.log(point.overrides["lr.peak"] / 3e-3)))
+            rows = run_rows(base, point, seed, cfg_id, q)
+            landscape.write_part(landscape.part_path(folder, cfg_id, seed), rows)
+    return plan
+
+
+@pytest.fixture(scope="module")
+def land_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("replay")
+    folder = tmp / "synthetic"
+    write_landscape(folder, small_base(tmp))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def land(land_dir):
+    return metrics.load_landscape(land_dir)
+
+
+def _proposer(land, name="tpe+starts", search_seed=0, select_seed=1):
+    return strategies.make_proposer(name, land, search_seed, select_seed, "apollo", 8)
+
+
+class BestProposer:
+    """Always proposes one configuration of the landscape (its recorded knobs)."""
+
+    def __init__(self, land, cfg_id):
+        import optuna
+
+        row = land.knobs.loc[cfg_id]
+        self.overrides = {
+            k: replay_value(row[k]) for k in strategies.CATEGORICAL + strategies.FLOATS
+        }
+        self.overrides["stages.boundaries"] = list(row["stages.boundaries"])
+        self.study = optuna.create_study()
+        self.n_told = 0
+
+    def ask(self):
+        return self.study.ask(), dict(self.overrides)
+
+    def tell(self, trial, state, value, curve):
+        self.n_told += 1
+
+    def told(self):
+        return self.n_told
+
+
+def replay_value(v):
+    return list(v) if isinstance(v, np.ndarray) else v
+
+
+def test_simulator_proposes_only_into_free_slots_after_telling_every_finished_trial(land):
+    for slots, name in ((1, "random"), (2, "tpe+starts"), (3, "random")):
+        log = replay.simulate(
+            land, _proposer(land, name), None, select_seed=1, slots=slots, budget=6
+        )
+        assert len(log.asks) == len(log.trials) > slots
+        for ask in log.asks:
+            assert ask["unstarted"] < ask["free_slots"] <= slots  # room for this proposal
+            assert ask["told"] == ask["finished"]  # every finished trial told before it
+        # never more than `slots` trials at once: an interval overlap count on the trials
+        events = sorted(
+            [(t.start, 1) for t in log.trials]
+            + [(t.start + t.run.total_flops, -1) for t in log.trials]
+        )
+        assert max(np.cumsum([e for _, e in events])) <= slots
+        assert log.trials[1].start == 0.0 if slots > 1 else log.trials[1].start > 0
+
+
+def test_simulator_tells_optuna_complete_values_and_tpe_sees_them(land):
+    proposer = _proposer(land)
+    log = replay.simulate(land, proposer, None, select_seed=1, slots=2, budget=8)
+    done = [t for t in proposer.study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == sum(t.state == "COMPLETE" for t in log.trials) >= 6
+    for t, ot in zip(log.trials, proposer.study.trials, strict=False):
+        if t.state == "COMPLETE":
+            assert ot.value == pytest.approx(land.objective(t.cfg_id, 1))
+    # compute: the last trace point is at (or just past) the budget, in run-equivalents
+    assert 8.0 <= log.trace[-1][0] < 8.0 + 2.0
+
+
+def test_snap_picks_the_recorded_config_and_the_nearest_lr(land):
+    table = strategies.SnapTable(land)
+    for cfg_id in land.searchable[:15]:
+        row = land.knobs.loc[cfg_id]
+        overrides = {k: replay_value(row[k]) for k in strategies.CATEGORICAL + strategies.FLOATS}
+        overrides["stages.boundaries"] = list(row["stages.boundaries"])
+        got, dist = table.snap(overrides)
+        assert dist == pytest.approx(0.0)
+        assert land.knobs.loc[got, "label"] == row["label"]
+        # a slightly other LR still snaps there, at the documented distance
+        overrides["lr.peak"] = row["lr.peak"] * 1.05
+        got, dist = table.snap(overrides)
+        assert got == cfg_id
+        assert dist == pytest.approx(math.log(1.05) / table.spans["lr.peak"])
+
+
+def test_snap_picks_the_fewest_mismatches_on_a_hand_made_landscape(tmp_path):
+    base = small_base(tmp_path)
+    write_hand_landscape(tmp_path / "hand", base)
+    land = metrics.load_landscape(tmp_path / "hand")
+    table = strategies.SnapTable(land)
+    labels = [p.label for p in space.starting_points(base)]  # none+interp, none+stack, lvps+interp
+    knobs = land.knobs.loc[table.ids[0]]
+    proposal = {k: replay_value(knobs[k]) for k in strategies.CATEGORICAL + strategies.FLOATS}
+    proposal |= {"stages.boundaries": [0.25, 0.55], "lr.peak": base.lr.peak * 2.5}
+    for strategy, operator, want in (
+        ("uniform", "stacking", labels[1]),  # 1 mismatch vs 2 and 2
+        ("lvps", "interpolation", labels[2]),
+        ("none", "interpolation", labels[0]),
+    ):
+        got, dist = table.snap(
+            proposal | {"sampling.strategy": strategy, "growth.operator": operator}
+        )
+        assert land.knobs.loc[got, "label"] == want
+        assert dist > 0  # the boundaries and LR differ from every recorded config
+
+
+def write_hand_landscape(folder: Path, base) -> dict[str, str]:
+    """Reference + 3 configs with exactly known savings on each seed (straight-line curves)."""
+    ref = space.scratch(base, 1.0)
+    starts = space.starting_points(base)
+    # loss falls linearly from 8 to 4 over the reference's FLOPs; a config's curve is the same
+    # line at `speed` x (a hit at 1/speed of the FLOPs), or it stops at `floor` (a miss)
+    plan = [(ref, 1.0, None), (starts[0], 2.0, None), (starts[1], 1.6, None), (starts[2], 1.0, 5.0)]
+    ids = {}
+    for point, speed, floor in plan:
+        cfg_id = space.point_id(base, point)
+        ids[point.label] = cfg_id
+        for seed in (1, 2):
+            rows = run_rows(base, point, seed, cfg_id, 1.0)
+            f_ref = 1e9
+            for r in rows:
+                r["flops"] = rows[-1]["flops"] and (r["tokens"] / base.budget.tokens) * f_ref
+                loss = 8.0 - 4.0 * min(speed * r["flops"] / f_ref, 1.0)
+                r["eval_loss"] = max(loss, floor) if floor else loss
+            landscape.write_part(landscape.part_path(folder, cfg_id, seed), rows)
+    return ids
+
+
+def test_savings_and_metrics_on_a_hand_made_landscape(tmp_path):
+    base = small_base(tmp_path)
+    ids = write_hand_landscape(tmp_path / "hand", base)
+    land = metrics.load_landscape(tmp_path / "hand")
+    assert land.reference_id == ids["scratch lr x1"]
+    starts = [p.label for p in space.starting_points(base)]
+    fast, slow, miss = (ids[label] for label in starts)
+    assert land.saving(fast, 1) == pytest.approx(0.5)
+    assert land.saving(slow, 2) == pytest.approx(0.375)  # target at 5/8 of the FLOPs
+    assert land.saving(miss, 1) < 0 < land.saving(slow, 1)  # a miss ranks below every hit
+    score = metrics.scores(land)["saving_s2"]
+    trace = [(0.0, None), (1.0, miss), (2.0, slow), (3.5, fast)]
+    assert metrics.compute_to_within(trace, score, 0.5) == 3.5
+    assert metrics.compute_to_within(trace[:3], score, 0.5) == math.inf
+    assert metrics.compute_to_within(trace[:3], score, 0.39) == 2.0  # 1.5 points below: within 2
+    grid = np.array([0.0, 1.5, 2.0, 4.0])
+    assert metrics.regret_curve(trace, score, 0.5, grid) == pytest.approx(
+        [50.0, 100 * (0.5 - score[miss]), 12.5, 0.0]
+    )
+    lo, hi = metrics.wilson(8, 10)
+    assert (round(lo, 3), round(hi, 3)) == (0.490, 0.943)
+    assert (
+        metrics.bootstrap_median(np.array([1.0, 1.0, math.inf, math.inf, math.inf]))[1] == math.inf
+    )
+
+
+def test_asha_replay_stops_a_trial_below_the_rung_cutoff_and_keeps_a_better_one():
+    asha = strategies.AshaReplay([1.0, 2.0, 4.0, 8.0], after_growth=False)
+    assert not asha.decide("a", 1.0, 5.0)  # first at the rung: nothing to compare with
+    assert asha.decide("b", 1.0, 6.0)  # worse than the rung's median: stopped
+    assert not asha.decide("c", 1.0, 4.0)  # better: kept
+    assert not asha.decide("a", 2.0, 4.5)
+    assert asha.decide("c", 2.0, 4.6)  # at the next rung, c is now the worse one
+
+
+def test_asha_after_growth_counts_rungs_from_the_last_growth(land):
+    rungs = [1e8, 2e8]
+    grown = next(c for c in land.searchable if len(land.knobs.loc[c, "stages.boundaries"]) == 2)
+    run = land.runs[(grown, 1)]
+    plain = strategies.AshaReplay(rungs, after_growth=False).checks(run)
+    after = strategies.AshaReplay(rungs, after_growth=True).checks(run)
+    growth = strategies.last_growth_flops(run)
+    assert 0 < growth < run.total_flops
+    assert [f for f, _ in plain] == rungs
+    assert [f for f, _ in after] == pytest.approx([growth + r for r in rungs])
+    # the growth FLOPs match the recorded curve: the eval point at the growth tokens
+    at = np.flatnonzero(run.tokens == run.growth_tokens)
+    if len(at):
+        assert growth == pytest.approx(run.flops[at[0]], rel=1e-6)
+
+
+def test_asha_replay_in_the_simulator_prunes_trials(land):
+    from progtune.search_driver import asha_rungs
+    from progtune.search_state import reference_config
+
+    rungs = asha_rungs(reference_config(land.base), land.vocab_size)
+    asha = strategies.make_scheduler("asha", rungs)
+    proposer = _proposer(land, "asha")
+    log = replay.simulate(land, proposer, asha, select_seed=1, slots=2, budget=8)
+    pruned = [t for t in log.trials if t.state == "PRUNED"]
+    assert pruned
+    states = [t.state.name for t in proposer.study.trials]
+    assert states.count("PRUNED") == len(pruned)
+    assert all(proposer.study.trials[t.number].intermediate_values for t in pruned)
+
+
+def test_a_strategy_that_proposes_the_best_config_scores_one(land):
+    table = metrics.scores(land)
+    best = table["saving_s2"].idxmax()
+    assert table["saving_s1"].idxmax() == best  # the synthetic noise keeps it best on both
+    rows = []
+    for select, score_seed in ((1, 2), (2, 1)):
+        log = replay.simulate(land, BestProposer(land, best), None, select, slots=2, budget=8)
+        assert {t.cfg_id for t in log.trials} == {best}
+        col = table[f"saving_s{score_seed}"]
+        c = metrics.compute_to_within(log.trace, col, col.max())
+        rows.append(
+            {"strategy": "best", "compute_to_within": c, "mean_snap_distance": 0.0, "trials": 1}
+        )
+    summary = metrics.summarize(pd.DataFrame(rows), budget=8)
+    assert summary.loc[0, "p_at_8"] == 1.0
+    assert "p_at_16" not in summary
+
+
+def test_cli_end_to_end(land_dir, tmp_path):
+    t0 = time.perf_counter()
+    out = tmp_path / "out"
+    args = [str(land_dir), "--strategies", "random,tpe+starts,asha-after-growth", "--seeds", "2"]
+    rc = replay.main([*args, "--budget", "8", "--out", str(out)])
+    assert rc == 0
+    assert time.perf_counter() - t0 < 30
+    results = pd.read_parquet(out / "replay.parquet")
+    assert len(results) == 3 * 2 * 2
+    assert set(results["select_seed"]) == {1, 2}
+    assert (results["select_seed"] != results["score_seed"]).all()
+    assert (out / "replay.png").stat().st_size > 1000
+    assert "| tpe+starts |" in (out / "replay.md").read_text()
+
+
+def test_bad_input_exits_2(land_dir, tmp_path, capsys):
+    assert replay.main([str(tmp_path / "missing")]) == 2
+    assert replay.main([str(land_dir), "--strategies", "tpe,nope"]) == 2
+    one = tmp_path / "one-seed"
+    one.mkdir()
+    for part in sorted(land_dir.glob("*-s1.parquet")):
+        (one / part.name).write_bytes(part.read_bytes())
+    assert replay.main([str(one)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("error: ") for line in err)
+    assert "nope" in err[1] and "2" in err[2]
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "search_replay.py"), str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
