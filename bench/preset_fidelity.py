@@ -76,26 +76,26 @@ def _runs(name: str) -> tuple[Config, list[tuple]]:
     return base, planned_runs(base, fidelity_points(base), [SEED])
 
 
-def scale_scores(name: str, root: Path = OUT) -> dict[str, dict[str, Any]]:
-    """label -> {saving, final, reached} at one scale (only recorded runs; {} without a target)."""
+def scale_scores(name: str, root: Path = OUT) -> dict[int, dict[str, Any]]:
+    """Position in fidelity_points -> {saving, final, status} at one scale (recorded runs only;
+    {} without a target)."""
     _, runs = _runs(name)
     folder = _scale_folder(name, root)
     curves = {}
-    for point, seed, cfg_id in runs:
+    for index, (_, seed, cfg_id) in enumerate(runs):  # by position: labels hold absolute LRs
         path = folder / f"{cfg_id}-s{seed}.parquet"
         if path.exists():
-            rows = pq.read_table(path).to_pylist()
-            curves[point.label] = rows
-    reference = curves.get(runs[0][0].label)
+            curves[index] = pq.read_table(path).to_pylist()
+    reference = curves.get(0)
     if not reference:
         return {}
     target = reference[-1]["eval_loss"]
     ref_flops = flops_to_target(_curve(reference), target)
     out = {}
-    for label, rows in curves.items():
+    for index, rows in curves.items():
         reached = flops_to_target(_curve(rows), target)
         final = rows[-1]["eval_loss"]
-        out[label] = {
+        out[index] = {
             "saving": saving(reached, ref_flops),
             "final": final if final is not None and np.isfinite(final) else float("inf"),
             "status": rows[-1]["status"],
@@ -161,10 +161,10 @@ def report_lines(root: Path = OUT) -> list[str]:
     scores = {name: scale_scores(name, root) for name in SCALE_NAMES}
     labels = [p.label for p in fidelity_points(base_config("cheap", {}))]
     lines = [f"{'configuration':58s} " + "  ".join(f"{n:>22s}" for n in SCALE_NAMES)]
-    for label in labels:
+    for index, label in enumerate(labels):
         cells = []
         for name in SCALE_NAMES:
-            s = scores[name].get(label)
+            s = scores[name].get(index)
             if s is None:
                 cells.append(f"{'-':>22s}")
             else:
@@ -178,7 +178,7 @@ def report_lines(root: Path = OUT) -> list[str]:
 
 
 def _rho_line(scores: dict[str, dict], labels: list[str], name: str) -> str:
-    both = [x for x in labels if x in scores[name] and x in scores[REFERENCE_SCALE]]
+    both = [i for i in range(len(labels)) if i in scores[name] and i in scores[REFERENCE_SCALE]]
     if len(both) < 3:
         return f"{name}: {len(both)} configurations recorded at both scales, too few for a rho"
     rho, low, high = rho_with_interval(
