@@ -39,7 +39,7 @@ import optuna
 from replay_metrics import Landscape, Run
 
 from progtune.optuna_searcher import make_sampler
-from progtune.spaces import Space, call_define, enqueue_starts, load_space
+from progtune.spaces import Space, call_define, enqueue_starts, load_space, start_points
 
 CATEGORICAL = (
     "stages.unique_layers",
@@ -152,7 +152,8 @@ def reduced_pins(land: Landscape, seed: int, tolerance: float = 0.02) -> dict[st
         levels = knobs[k].map(_key)
         medians = {lv: float(np.median(saving[levels.to_numpy() == lv])) for lv in levels.unique()}
         if len(medians) > 1 and max(medians.values()) - min(medians.values()) < tolerance:
-            pins[k] = max(medians, key=medians.get)
+            best = max(medians, key=medians.get)
+            pins[k] = best.item() if isinstance(best, np.generic) else best
     return pins
 
 
@@ -208,6 +209,14 @@ def make_proposer(
     sampler = make_sampler(strategy.sampler, search_seed, startup_trials(num_samples))
     pinned = reduced_pins(land, select_seed) if strategy.reduced else {}
     return OptunaProposer(load_space(space_name), land, sampler, strategy.starts, pinned)
+
+
+def start_configs(land: Landscape, snap: SnapTable, space_name: str) -> list[str]:
+    """The space's starting points (what `+starts` enqueues), snapped to the landscape."""
+    space = load_space(space_name)
+    params = start_points(space, land.base, {})
+    trials = [optuna.trial.FixedTrial(p) for p in params]
+    return [snap.snap(call_define(space, t, land.base, {}))[0] for t in trials]
 
 
 def last_growth_flops(run: Run) -> float:

@@ -10,7 +10,8 @@ would have seen). The clock counts FLOPs per slot (every slot trains at the same
 trial started at t on the recorded run of its configuration reports each rung at t + its FLOPs and
 ends at t + its total FLOPs. Slots (default 2) are asynchronous: a proposal is made only into a
 free slot, after every finished trial was told to the study (COMPLETE with the product's objective,
-PRUNED with its losses when ASHA stopped it, FAIL for diverged/failed runs), as the product's
+PRUNED with its losses when ASHA stopped it, FAIL for a run that failed; a diverged run is
+COMPLETE with the objective's surrogate, because that is what the product tells), as the product's
 ProgtuneOptunaSearch gate does; trials still running stay RUNNING in the study (TPE's constant
 liar sees them). The target is known from the start (the product reuses a stored reference,
 `--reference`); the reference's own cost is not counted.
@@ -61,6 +62,8 @@ from replay_strategies import (
     gp_missing,
     make_proposer,
     make_scheduler,
+    reduced_pins,
+    start_configs,
 )
 
 from progtune.atomic import write_atomic, write_text_atomic
@@ -149,7 +152,9 @@ def simulate(
                 continue
             state = "PRUNED"
         else:
-            state = "COMPLETE" if trial.run.status == "completed" else "FAIL"
+            # as the product tells it: a diverged run ends with a final report (COMPLETE, with
+            # the objective's surrogate); a run that failed with an error is FAIL
+            state = "FAIL" if trial.run.status == "failed" else "COMPLETE"
         value = _finish(running.pop(number), state, elapsed, proposer, land, select_seed)
         if value < best[0]:
             best = (value, trial.cfg_id)
@@ -221,19 +226,29 @@ def replay(
     return pd.DataFrame(rows), curves
 
 
-def landscape_lines(land: Landscape, table: pd.DataFrame) -> list[str]:
+def landscape_lines(land: Landscape, table: pd.DataFrame, opts: argparse.Namespace) -> list[str]:
+    """The landscape, each seed's target and best, what the starting points alone reach, and the
+    knobs tpe-reduced pins."""
     lines = [
         f"landscape {land.folder}: {len(land.knobs)} configurations "
         f"({len(land.searchable)} searchable), seeds {land.seeds}"
     ]
+    starts = start_configs(land, SnapTable(land), opts.space)
     for s in land.seeds[:2]:
         col = table[f"saving_s{s}"]
-        cid = col.idxmax()
         hits = int((table[f"objective_s{s}"] <= land.reference(s).total_flops).sum())
         lines.append(
             f"seed {s}: target {land.reference(s).final_loss:.4f}, {hits} configurations reach "
-            f"it, best saving {100 * col.max():.1f} % ({table.loc[cid, 'label']})"
+            f"it, best saving {100 * col.max():.1f} % ({table.loc[col.idxmax(), 'label']})"
         )
+        if starts:
+            best = max(col[c] for c in starts)
+            gap = 100 * (col.max() - best)
+            lines.append(
+                f"  the {len(starts)} starting points alone: best {100 * best:.1f} % "
+                f"({gap:.1f} points below the best{': within 2 points' if gap <= 2 else ''})"
+            )
+        lines.append(f"  tpe-reduced selecting on seed {s} pins {reduced_pins(land, s)}")
     return lines
 
 
@@ -282,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = opts.out or opts.landscape.parent / f"replay-{opts.landscape.name}"
-    print("\n".join(landscape_lines(land, scores(land))))
+    print("\n".join(landscape_lines(land, scores(land), opts)))
     results, curves = replay(land, names, opts)
     text = markdown_table(summarize(results, opts.budget))
     print(text)

@@ -369,3 +369,32 @@ def test_bad_input_exits_2(land_dir, tmp_path, capsys):
         text=True,
     )
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", list(strategies.STRATEGIES))
+def test_every_strategy_runs_a_short_search(land, name):
+    if name == "gp" and strategies.gp_missing():
+        pytest.skip(strategies.gp_missing())
+    from progtune.search_driver import asha_rungs
+    from progtune.search_state import reference_config
+
+    proposer = _proposer(land, name)
+    rungs = asha_rungs(reference_config(land.base), land.vocab_size)
+    log = replay.simulate(land, proposer, strategies.make_scheduler(name, rungs), 1, 2, budget=3)
+    assert len(log.trials) >= 3 and log.trace[-1][0] >= 3.0
+    n_starts = len(strategies.start_configs(land, strategies.SnapTable(land), "apollo"))
+    started = [t.cfg_id for t in log.trials[:n_starts]]
+    wants = strategies.start_configs(land, strategies.SnapTable(land), "apollo")
+    assert (started == wants) == strategies.STRATEGIES[name].starts
+
+
+def test_reduced_space_pins_only_knobs_that_do_not_matter(land):
+    pins = strategies.reduced_pins(land, seed=1)
+    assert "sampling.strategy" not in pins  # the synthetic landscape's biggest effect
+    assert pins.get("lr.rewarmup_fraction") is not None  # no effect in the synthetic model
+    proposer = _proposer(land, "tpe-reduced")
+    for _ in range(5):
+        trial, overrides = proposer.ask()
+        assert all(overrides[k] == v for k, v in pins.items())
+        assert not set(pins) & set(trial.params)  # pinned knobs never enter the study
+        proposer.tell(trial, "FAIL", None, [])
