@@ -3,18 +3,20 @@
     .venv/bin/python bench/search_replay.py LANDSCAPE_FOLDER [--strategies a,b] [--seeds 30]
         [--slots 2] [--budget 32] [--out DIR]
 
-A simulator modelled on Syne Tune's simulator backend (syne_tune.blackbox_repository.simulated_
-tabular_backend / backend.simulator_backend: a simulated clock, a trial "runs" for its recorded cost
-and its results arrive in simulated-time order, so asynchronous decisions see what a real search
-would have seen). The clock counts FLOPs per slot (every slot trains at the same FLOP rate): a
-trial started at t on the recorded run of its configuration reports each rung at t + its FLOPs and
-ends at t + its total FLOPs. Slots (default 2) are asynchronous: a proposal is made only into a
-free slot, after every finished trial was told to the study (COMPLETE with the product's objective,
-PRUNED with its losses when ASHA stopped it, FAIL for a run that failed; a diverged run is
-COMPLETE with the objective's surrogate, because that is what the product tells), as the product's
-ProgtuneOptunaSearch gate does; trials still running stay RUNNING in the study (TPE's constant
-liar sees them). The target is known from the start (the product reuses a stored reference,
-`--reference`); the reference's own cost is not counted.
+A simulator modelled on Syne Tune's simulator backend (syne_tune.blackbox_repository.
+BlackboxRepositoryBackend with backend.simulator_backend.simulator_callback.SimulatorCallback, as
+in its examples/launch_nasbench201_simulated.py: a simulated clock, a trial "runs" for its recorded
+cost and its results arrive in simulated-time order, so asynchronous decisions see what a real
+search would have seen). The clock counts FLOPs per slot (every slot trains at the same FLOP
+rate): a trial started at t on the recorded run of its configuration reports each rung at t + its
+FLOPs and ends at t + its total FLOPs. Slots (default 2) are asynchronous: a proposal is made only
+into a free slot, after every finished trial was told to the study (COMPLETE with the product's
+objective, PRUNED with its losses when ASHA stopped it, FAIL for a run that failed; a diverged run
+is COMPLETE with the objective's surrogate, because that is what the product tells), as the
+product's ProgtuneOptunaSearch gate does; trials still running stay RUNNING in the study (TPE's
+constant liar sees them). The target is known from the start (the product reuses a stored
+reference, `--reference`); the reference's own cost is not counted. A search ends once `--budget`
+run-equivalents are spent (trials still running then are not counted as finished).
 
 Each search (strategy x search seed) selects its incumbent on one training seed - the finished
 COMPLETE trial with the lowest objective there - and is scored on the other seed; with seeds 1, 2
@@ -191,6 +193,7 @@ def replay_one(
         "final_incumbent": log.trace[-1][1],
         "trials": len(log.trials),
         "pruned": sum(t.state == "PRUNED" for t in log.trials),
+        "distinct_configs": len({t.cfg_id for t in log.trials}),
         "mean_snap_distance": float(np.mean([t.snap_distance for t in log.trials])),
     }
     for b in (b for b in BUDGETS if b <= opts.budget):
