@@ -204,10 +204,12 @@ def make_proposer(
     select_seed: int,
     space_name: str,
     num_samples: int,
+    reduce_tolerance: float = 0.02,
 ) -> OptunaProposer:
+    """Strategy `name`'s proposer: its seeded sampler, starts, and pins for a reduced space."""
     strategy = STRATEGIES[name]
     sampler = make_sampler(strategy.sampler, search_seed, startup_trials(num_samples))
-    pinned = reduced_pins(land, select_seed) if strategy.reduced else {}
+    pinned = reduced_pins(land, select_seed, reduce_tolerance) if strategy.reduced else {}
     return OptunaProposer(load_space(space_name), land, sampler, strategy.starts, pinned)
 
 

@@ -175,7 +175,15 @@ def replay_one(
 ) -> tuple[dict[str, Any], np.ndarray]:
     """One search of strategy `name`: its result row and its regret curve on the compute grid."""
     score_seed = next(s for s in land.seeds if s != select_seed)
-    proposer = make_proposer(name, land, search_seed, select_seed, opts.space, opts.num_samples)
+    proposer = make_proposer(
+        name,
+        land,
+        search_seed,
+        select_seed,
+        opts.space,
+        opts.num_samples,
+        opts.reduce_tolerance / 100,
+    )
     log = simulate(
         land, proposer, make_scheduler(name, rungs), select_seed, opts.slots, opts.budget, snap
     )
@@ -251,7 +259,8 @@ def landscape_lines(land: Landscape, table: pd.DataFrame, opts: argparse.Namespa
                 f"  the {len(starts)} starting points alone: best {100 * best:.1f} % "
                 f"({gap:.1f} points below the best{': within 2 points' if gap <= 2 else ''})"
             )
-        lines.append(f"  tpe-reduced selecting on seed {s} pins {reduced_pins(land, s)}")
+        pins = reduced_pins(land, s, opts.reduce_tolerance / 100)
+        lines.append(f"  tpe-reduced selecting on seed {s} pins {pins}")
     return lines
 
 
@@ -271,6 +280,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=32.0, help="run-equivalents per search")
     p.add_argument("--space", default="apollo", help="the product's search space (apollo)")
     p.add_argument("--num-samples", type=int, default=8, help="sets TPE's start-up count (8)")
+    p.add_argument(
+        "--reduce-tolerance",
+        type=float,
+        default=2.0,
+        help="tpe-reduced pins a knob whose level medians differ by less (points; default 2)",
+    )
     p.add_argument("--out", type=Path, default=None, help="default: LANDSCAPE/../replay-NAME")
     return p.parse_args(argv)
 
@@ -287,6 +302,8 @@ def _check(opts: argparse.Namespace) -> list[str]:
     if "gp" in names and (why := gp_missing()):
         print(why)
         names.remove("gp")
+        if not names:
+            raise LandscapeError("no strategy left to replay (gp needs scipy)")
     return names
 
 

@@ -363,6 +363,9 @@ def test_bad_input_exits_2(land_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("error: ") for line in err)
     assert "nope" in err[1] and "2" in err[2]
+    if strategies.gp_missing():  # gp alone, skipped for want of scipy: nothing left to run
+        assert replay.main([str(land_dir), "--strategies", "gp"]) == 2
+        assert "gp needs scipy" in capsys.readouterr().err
     done = subprocess.run(
         [sys.executable, str(BENCH / "search_replay.py"), str(tmp_path / "missing")],
         capture_output=True,
@@ -392,6 +395,8 @@ def test_reduced_space_pins_only_knobs_that_do_not_matter(land):
     pins = strategies.reduced_pins(land, seed=1)
     assert "sampling.strategy" not in pins  # the synthetic landscape's biggest effect
     assert pins.get("lr.rewarmup_fraction") is not None  # no effect in the synthetic model
+    assert set(strategies.reduced_pins(land, 1, tolerance=1.0)) == set(strategies.REDUCIBLE)
+    assert strategies.reduced_pins(land, 1, tolerance=0.0) == {}
     proposer = _proposer(land, "tpe-reduced")
     for _ in range(5):
         trial, overrides = proposer.ask()
