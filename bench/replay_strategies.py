@@ -95,13 +95,14 @@ class SnapTable:
         for k, values in self.floats.items():
             d += np.abs(np.log(values / float(overrides[k]))) / self.spans[k]
         want = np.asarray(overrides.get("stages.boundaries", []), float)
-        same = self.n_bounds == len(want)
-        if len(want):
-            diff = np.abs(np.log(self.bounds[:, : len(want)] / want)) / self.bound_span
-            part = np.nanmean(diff, axis=1) if self.bounds.shape[1] >= len(want) else 1.0
-        else:
-            part = np.zeros(len(self.ids))
-        d += np.where(same, np.nan_to_num(part, nan=1.0), 1.0)
+        same = np.flatnonzero(self.n_bounds == len(want))  # else the list counts 1
+        part = np.ones(len(self.ids))
+        if len(want) == 0:
+            part[same] = 0.0
+        elif len(want) <= self.bounds.shape[1]:
+            diff = np.abs(np.log(self.bounds[same, : len(want)] / want)) / self.bound_span
+            part[same] = diff.mean(axis=1)
+        d += part
         return d
 
     def snap(self, overrides: dict[str, Any]) -> tuple[str, float]:

@@ -208,6 +208,11 @@ def test_snap_picks_the_recorded_config_and_the_nearest_lr(land):
         got, dist = table.snap(overrides)
         assert got == cfg_id
         assert dist == pytest.approx(math.log(1.05) / table.spans["lr.peak"])
+        # boundaries 10 % later: their mean log distance, over the span of recorded boundaries
+        overrides |= {"lr.peak": row["lr.peak"]}
+        overrides["stages.boundaries"] = [b * 1.1 for b in row["stages.boundaries"]]
+        d = table.distances(overrides)[table.ids.index(cfg_id)]
+        assert d == pytest.approx(math.log(1.1) / table.bound_span)
 
 
 def test_snap_picks_the_fewest_mismatches_on_a_hand_made_landscape(tmp_path):
