@@ -113,8 +113,13 @@ def _read_run(curve: pd.DataFrame, summary: pd.Series) -> Run:
     )
 
 
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, np.ndarray) else value
+def _reference_knobs(folder: Path, cfg_id: str, seed: int) -> dict[str, Any]:
+    """The reference run's knobs as Python values (pyarrow: nulls stay None, not pandas' NaN)."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(folder / f"{cfg_id}-s{seed}.parquet").to_pylist()
+    # a null knob (e.g. data.max_tokens) is its default: from_flat does not take None
+    return {k: v for k, v in rows[-1].items() if k in KNOB_TYPES and v is not None}
 
 
 def load_landscape(folder: Path, reference_label: str = REFERENCE_LABEL) -> Landscape:
@@ -145,7 +150,7 @@ def load_landscape(folder: Path, reference_label: str = REFERENCE_LABEL) -> Land
         if runs[(refs[0], seed)].status != "completed":
             raise LandscapeError(f"{folder}: the reference run on seed {seed} did not complete")
     knobs = summaries.drop_duplicates("config_id").set_index("config_id")
-    flat = {k: _plain(v) for k, v in knobs.loc[refs[0]].items() if k in KNOB_TYPES}
+    flat = _reference_knobs(folder, str(refs[0]), seeds[0])
     searchable = [
         c for c in knobs.index if c in complete and len(knobs.loc[c, "stages.boundaries"]) > 0
     ]

@@ -408,3 +408,28 @@ def test_reduced_space_pins_only_knobs_that_do_not_matter(land):
         assert all(overrides[k] == v for k, v in pins.items())
         assert not set(pins) & set(trial.params)  # pinned knobs never enter the study
         proposer.tell(trial, "FAIL", None, [])
+
+
+def test_a_recorded_landscape_loads(tmp_path):
+    """The recorder's real part files (seed 1 of a fidelity check; seed 2 faked from it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "recorded"
+    folder.mkdir()
+    for part in sorted((BENCH / "landscape" / "fidelity-stdlib-cheap").glob("*-s1.parquet")):
+        table = pq.read_table(part)
+        pq.write_table(table, folder / part.name)
+        i = table.schema.get_field_index("seed")
+        seed2 = pa.array([2] * len(table), type=table.schema.field("seed").type)
+        pq.write_table(table.set_column(i, "seed", seed2), folder / part.name.replace("-s1", "-s2"))
+    land = metrics.load_landscape(folder)
+    assert land.base.model.n_layers == 4 and land.base.lr.peak == pytest.approx(4e-3)
+    assert land.knobs.loc[land.reference_id, "label"] == "scratch lr x1"
+    assert len(land.searchable) == 7  # 10 configs less 3 scratch runs
+    table = metrics.scores(land)
+    assert (table["saving_s1"] == table["saving_s2"]).all()
+    # the one configuration that reached scratch's loss in that check (4.915 vs 5.059)
+    assert (table["saving_s1"] > 0).sum() == 1
+    assert table.loc[table["saving_s1"].idxmax(), "label"].startswith("2-4@0.3 strategy=none")
+    assert strategies.start_configs(land, strategies.SnapTable(land), "apollo")
