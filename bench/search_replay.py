@@ -91,6 +91,7 @@ class SearchLog:
     trace: list[tuple[float, str | None]] = field(default_factory=lambda: [(0.0, None)])
     asks: list[dict[str, int]] = field(default_factory=list)
     trials: list[Trial] = field(default_factory=list)
+    slots_held: int = 0  # trials in the simulator's running set when the last proposal was made
 
 
 def _finish(
@@ -107,9 +108,17 @@ def _finish(
 def _start(
     log: SearchLog, proposer, snap: SnapTable, land: Landscape, seed: int, now: float, free: int
 ) -> Trial:
+    """Ask for a proposal into one of `free` slots, snap it and start it at `now`; log what the
+    proposal saw (a trial is started the moment it is proposed: none waits unstarted)."""
     finished = sum(t.state != "RUNNING" for t in log.trials)
     log.asks.append(
-        {"free_slots": free, "unstarted": 0, "finished": finished, "told": proposer.told()}
+        {
+            "free_slots": free,
+            # proposed but neither running (holding a slot) nor finished
+            "unstarted": len(log.trials) - finished - log.slots_held,
+            "finished": finished,
+            "told": proposer.told(),
+        }
     )
     optuna_trial, overrides = proposer.ask()
     cfg_id, distance = snap.snap(overrides)
@@ -135,6 +144,7 @@ def simulate(
     best = (math.inf, None)
     while True:
         while len(running) < slots and spent < limit and len(log.trials) < MAX_TRIALS:
+            log.slots_held = len(running)
             t = _start(log, proposer, snap, land, select_seed, now, slots - len(running))
             running[t.number] = t
             for flops, asha_time in scheduler.checks(t.run) if scheduler else []:
