@@ -262,6 +262,13 @@ def landscape_lines(land: Landscape, table: pd.DataFrame, opts: argparse.Namespa
             f"seed {s}: target {land.reference(s).final_loss:.4f}, {hits} configurations reach "
             f"it, best saving {100 * col.max():.1f} % ({table.loc[col.idxmax(), 'label']})"
         )
+        others = [c for c in land.knobs.index if c not in col.index and (c, s) in land.runs]
+        if others:  # scratch at other LRs: not proposable by a space, so not "the best"
+            top = max(others, key=lambda c: land.saving(c, s))
+            lines.append(
+                f"  (not searchable: best {100 * land.saving(top, s):.1f} % by "
+                f"{land.knobs.loc[top, 'label']})"
+            )
         if starts:
             best = max(col[c] for c in starts)
             gap = 100 * (col.max() - best)
