@@ -73,8 +73,9 @@ def _fit(settings: SearchSettings, data: Any) -> tuple[int, SearchState]:
         search.start_or_reuse_reference(data)
         own_handler = signal.getsignal(signal.SIGINT)
         results = _tuner(search, _trainable(search, data)).fit()  # Ctrl-C: Tune saves, returns
+        signalled = _tune_caught_sigint(own_handler)
         _restore_sigint(own_handler)
-        return _finish(search, results)
+        return _finish(search, results, signalled)
     finally:
         if tracker is not None:
             tracker.close()
@@ -94,6 +95,17 @@ def _trainable(search: Search, data: Any) -> Any:
     )
 
 
+def _tune_caught_sigint(own_handler: Any) -> bool:
+    """Whether Tune's fit() ended on a Ctrl-C. Ray 2.60 (tune.py, _setup_signal_catching), in
+    the main thread unless TUNE_DISABLE_SIGINT_HANDLER: it installs its own SIGINT handler, and
+    only that handler, on a signal, puts the previous one back. A Ctrl-C after the last trial
+    has ended (Tune still stepping, the reference still training) leaves no unfinished trial."""
+    installs = threading.current_thread() is threading.main_thread() and not int(
+        os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")
+    )
+    return installs and signal.getsignal(signal.SIGINT) is own_handler
+
+
 def _restore_sigint(handler: Any) -> None:
     """Tune leaves its own SIGINT handler installed when it ends without a signal; it only
     logs. Put ours back, so a Ctrl-C while the reference still trains interrupts the search."""
@@ -110,12 +122,13 @@ def _reference_waited_for(search: Search) -> bool:
     return True
 
 
-def _finish(search: Search, results: Any) -> tuple[int, SearchState]:
-    """After Tune returns: settle the reference run and the pending tells; the exit code."""
+def _finish(search: Search, results: Any, signalled: bool = False) -> tuple[int, SearchState]:
+    """After Tune returns: settle the reference run and the pending tells; the exit code.
+    `signalled`: Tune's run ended on a Ctrl-C."""
     settings, state = search.settings, search.state
     unfinished = sum(1 for r in results if r.error is None and not (r.metrics or {}).get("done"))
     unfinished += max(0, _expected_trials(settings) - len(results))
-    interrupted = bool(unfinished) and settings.time_budget_s is None
+    interrupted = signalled or (bool(unfinished) and settings.time_budget_s is None)
     if not interrupted:
         interrupted = not _reference_waited_for(search)
     if interrupted:

@@ -1,10 +1,13 @@
-"""Ctrl-C after Tune has ended, while the reference run still trains (CI failure of session 5).
+"""Ctrl-C after the last trial has ended, while the reference run still trains (CI failure of
+session 5).
 
 Tune installs its own SIGINT handler for `fit()` and leaves it installed when the run ends
 without a signal; that handler only logs, so a Ctrl-C while the driver waited for the reference
 was swallowed and the search ended 0 after the reference finished. Now the driver's handler is
 put back after `fit()` and a KeyboardInterrupt in the wait interrupts the search: the reference
 is cancelled (it stays on record unfinished; --resume continues it) and the exit code is 130.
+A Ctrl-C that Tune itself caught after the last trial ended (no trial unfinished) is read from
+its handler: Tune puts the previous handler back only when it caught a signal.
 """
 
 from __future__ import annotations
@@ -63,5 +66,29 @@ def test_the_drivers_sigint_handler_is_put_back_after_tune():
         signal.signal(signal.SIGINT, lambda *a: None)  # what Tune leaves behind
         tuning._restore_sigint(signal.default_int_handler)
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, own)
+
+
+def test_a_ctrl_c_tune_caught_after_the_last_trial_interrupts_the_search():
+    search = _Search(interrupt=False)
+    code, _ = tuning._finish(search, _DONE, signalled=True)
+    assert code == 130
+    assert search.calls == ["cancel", "tell"]  # no wait for the reference
+
+
+def test_tune_caught_sigint_reads_which_handler_tune_left(monkeypatch):
+    monkeypatch.delenv("TUNE_DISABLE_SIGINT_HANDLER", raising=False)
+    own = signal.getsignal(signal.SIGINT)
+    try:
+        # Tune's handler still installed: no signal came
+        signal.signal(signal.SIGINT, lambda *a: None)
+        assert not tuning._tune_caught_sigint(own)
+        # Tune caught one and put ours back
+        signal.signal(signal.SIGINT, own)
+        assert tuning._tune_caught_sigint(own)
+        # Tune told not to install a handler: ours stays, and says nothing
+        monkeypatch.setenv("TUNE_DISABLE_SIGINT_HANDLER", "1")
+        assert not tuning._tune_caught_sigint(own)
     finally:
         signal.signal(signal.SIGINT, own)
