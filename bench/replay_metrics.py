@@ -289,11 +289,11 @@ def plot_regret(curves: dict[str, np.ndarray], grid: np.ndarray, path: Path) -> 
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     rng = np.random.default_rng(0)
-    for name, regrets in curves.items():  # regrets: searches x grid
+    for i, (name, regrets) in enumerate(curves.items()):  # regrets: searches x grid
         med = np.median(regrets, axis=0)
         boot = rng.integers(0, len(regrets), size=(500, len(regrets)))
         meds = np.median(regrets[boot], axis=1)
-        ax.plot(grid, med, label=name)
+        ax.plot(grid, med, label=name, linestyle=("-", "--", "-.", ":")[i % 4])
         lo, hi = np.quantile(meds, 0.025, axis=0), np.quantile(meds, 0.975, axis=0)
         ax.fill_between(grid, lo, hi, alpha=0.2)
     ax.axhline(100 * WITHIN, color="grey", linestyle=":", label="2 points")
