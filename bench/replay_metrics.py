@@ -150,7 +150,9 @@ def load_landscape(folder: Path, reference_label: str = REFERENCE_LABEL) -> Land
         if runs[(refs[0], seed)].status != "completed":
             raise LandscapeError(f"{folder}: the reference run on seed {seed} did not complete")
     knobs = summaries.drop_duplicates("config_id").set_index("config_id")
-    flat = _reference_knobs(folder, str(refs[0]), seeds[0])
+    # the space is built on the preset (scratch at its LR), whichever run sets the target
+    preset = summaries[summaries["label"] == REFERENCE_LABEL]["config_id"].unique()
+    flat = _reference_knobs(folder, str((preset if len(preset) == 1 else refs)[0]), seeds[0])
     searchable = [
         c for c in knobs.index if c in complete and len(knobs.loc[c, "stages.boundaries"]) > 0
     ]
@@ -166,6 +168,15 @@ def load_landscape(folder: Path, reference_label: str = REFERENCE_LABEL) -> Land
         base=from_flat(flat),
         searchable=searchable,
     )
+
+
+def seed_noise(table: pd.DataFrame, seeds: list[int]) -> tuple[float, int]:
+    """Median |saving on one seed - on the other| over configurations that reach the target on
+    both (the seed noise of a saving), and how many there are."""
+    a, b = table[f"saving_s{seeds[0]}"], table[f"saving_s{seeds[1]}"]
+    both = (a > 0) & (b > 0) & np.isfinite(a) & np.isfinite(b)
+    gaps = (a[both] - b[both]).abs()
+    return (float(gaps.median()) if len(gaps) else math.nan), int(both.sum())
 
 
 def scores(land: Landscape) -> pd.DataFrame:

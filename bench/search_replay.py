@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from replay_metrics import (
     BUDGETS,
+    REFERENCE_LABEL,
     Landscape,
     LandscapeError,
     Run,
@@ -54,6 +55,7 @@ from replay_metrics import (
     plot_regret,
     regret_curve,
     scores,
+    seed_noise,
     summarize,
 )
 from replay_strategies import (
@@ -278,6 +280,14 @@ def landscape_lines(land: Landscape, table: pd.DataFrame, opts: argparse.Namespa
             )
         pins = reduced_pins(land, s, opts.reduce_tolerance / 100)
         lines.append(f"  tpe-reduced selecting on seed {s} pins {pins}")
+    noise, n = seed_noise(table, land.seeds)
+    if n and noise > 0:
+        top = table[[f"saving_s{s}" for s in land.seeds[:2]]].mean(axis=1).max()
+        lines.append(
+            f"seed noise: median |saving s{land.seeds[0]} - s{land.seeds[1]}| {100 * noise:.1f} "
+            f"points over the {n} configurations that reach the target on both; the best mean "
+            f"saving {100 * top:.1f} % is {top / noise:.1f}x that"
+        )
     return lines
 
 
@@ -302,6 +312,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         default=2.0,
         help="tpe-reduced pins a knob whose level medians differ by less (points; default 2)",
+    )
+    p.add_argument(
+        "--reference",
+        default=REFERENCE_LABEL,
+        help="label of the run that sets the target (default: scratch at the preset's LR; e.g. "
+        "'scratch lr x1.41' for scratch at another LR of the landscape)",
     )
     p.add_argument("--out", type=Path, default=None, help="default: LANDSCAPE/../replay-NAME")
     return p.parse_args(argv)
@@ -329,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
         names = _check(opts)
-        land = load_landscape(opts.landscape)
+        land = load_landscape(opts.landscape, opts.reference)
     except LandscapeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

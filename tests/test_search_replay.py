@@ -433,3 +433,27 @@ def test_a_recorded_landscape_loads(tmp_path):
     assert (table["saving_s1"] > 0).sum() == 1
     assert table.loc[table["saving_s1"].idxmax(), "label"].startswith("2-4@0.3 strategy=none")
     assert strategies.start_configs(land, strategies.SnapTable(land), "apollo")
+
+
+def test_seed_noise_is_the_median_gap_over_configs_that_hit_on_both_seeds():
+    table = pd.DataFrame(
+        {
+            "saving_s1": [0.40, 0.30, 0.20, -0.10, 0.5],
+            "saving_s2": [0.38, 0.36, 0.21, 0.25, -math.inf],
+        }
+    )
+    noise, n = metrics.seed_noise(table, [1, 2])
+    assert n == 3  # the miss on one seed and the failed run are left out
+    assert noise == pytest.approx(0.02)  # gaps 0.02, 0.06, 0.01
+
+
+def test_another_scratch_lr_can_set_the_target_and_the_space_stays_the_presets(land_dir):
+    preset = metrics.load_landscape(land_dir)
+    other = metrics.load_landscape(land_dir, "scratch lr x2")
+    assert other.reference_id != preset.reference_id
+    assert other.knobs.loc[other.reference_id, "label"] == "scratch lr x2"
+    assert other.base.lr.peak == preset.base.lr.peak  # the space is built on the preset
+    ref2 = other.reference(1)
+    assert other.objective(other.reference_id, 1) == pytest.approx(ref2.total_flops, rel=1e-6)
+    with pytest.raises(metrics.LandscapeError, match="no single reference"):
+        metrics.load_landscape(land_dir, "scratch lr x7")
