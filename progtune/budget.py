@@ -22,3 +22,22 @@ def planned_flops(cfg: Config, vocab_size: int) -> float:
         depth = expected_depth(k, cfg.model.n_layers, cfg.sampling)
         total += tokens * flops_per_token(cfg.model, vocab_size, depth)
     return total
+
+
+def stage_start_tokens(cfg: Config) -> list[int]:
+    """Tokens trained before each stage begins, on train.py's step grid (train.Plan): stage s+1
+    begins after optimizer step round(boundary x steps), steps = budget.tokens // step tokens."""
+    step_tokens = cfg.budget.batch_size * cfg.model.seq_len * cfg.budget.grad_accum
+    steps = cfg.budget.tokens // step_tokens
+    return [0, *(round(x * steps) * step_tokens for x in cfg.stages.boundaries)]
+
+
+def last_stage_start_flops(cfg: Config, vocab_size: int) -> float:
+    """Planned FLOPs spent before the last stage begins (0 for a single-stage run): the clock
+    origin of `--scheduler asha-after-growth`."""
+    starts = stage_start_tokens(cfg)
+    total = 0.0
+    for k, (a, b) in zip(cfg.stages.unique_layers, itertools.pairwise(starts), strict=False):
+        depth = expected_depth(k, cfg.model.n_layers, cfg.sampling)
+        total += (b - a) * flops_per_token(cfg.model, vocab_size, depth)
+    return total

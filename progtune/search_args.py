@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+# Early stopping by ASHA: rungs in cumulative FLOPs, or in FLOPs after a trial's last growth.
+ASHA_SCHEDULERS = ("asha", "asha-after-growth")
+
 DEFAULT_SPACE = "apollo"
 DEFAULT_STORAGE = "results"
 
@@ -150,9 +153,11 @@ def _search_control(p: argparse.ArgumentParser) -> None:
     """Early stopping, the sampler's seed and retries of failed trials."""
     p.add_argument(
         "--scheduler",
-        choices=["none", "asha"],
+        choices=["none", *ASHA_SCHEDULERS],
         default="none",
-        help="early stopping: asha measured in cumulative FLOPs (default none)",
+        help="early stopping: asha measured in cumulative FLOPs; asha-after-growth in FLOPs "
+        "after a trial's last growth, so no schedule is stopped in its cheap early stages "
+        "(default none)",
     )
     p.add_argument(
         "--sampler",

@@ -25,6 +25,7 @@ from progtune.reference_run import (
     reference_store_uri,
     reference_task,
 )
+from progtune.search_args import ASHA_SCHEDULERS
 from progtune.search_state import SearchSettings, SearchState, reference_config
 from progtune.trial_trainable import TargetBoard, TrialSetup, trial_config
 from progtune.trial_workers import driver_resources
@@ -254,7 +255,7 @@ def open_search(settings: SearchSettings, vocab_size: int, threads: int, gpus: f
         ),
     ).remote()
     eval_at_flops = None
-    if settings.scheduler == "asha":  # evaluate where ASHA's rungs decide
+    if settings.scheduler in ASHA_SCHEDULERS:  # evaluate where ASHA's rungs decide
         eval_at_flops = asha_rungs(reference_config(settings.base), vocab_size)
     setup = TrialSetup(
         base=flatten(settings.base),
@@ -264,7 +265,9 @@ def open_search(settings: SearchSettings, vocab_size: int, threads: int, gpus: f
         stop_at_target=settings.stop_at_target,
         target_loss=settings.target_loss,
         board=board,
-        eval_at_flops=eval_at_flops,
+        eval_at_flops=eval_at_flops,  # asha-after-growth: each trial's from its last stage
+        rungs_after_growth=settings.scheduler == "asha-after-growth",
+        vocab_size=vocab_size,
     )
     return Search(settings, setup, state, gpus)
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from progtune.config import Config, flatten, parse_assignments, resolve
 from progtune.errors import ProgtuneError
-from progtune.search_args import DEFAULT_SPACE, DEFAULT_STORAGE
+from progtune.search_args import ASHA_SCHEDULERS, DEFAULT_SPACE, DEFAULT_STORAGE
 from progtune.tracking import check_backends
 
 if TYPE_CHECKING:
@@ -201,9 +201,10 @@ def _check_workers(args: argparse.Namespace, base: Config, workers: int) -> None
     from progtune.data_parallel import check_split
 
     check_split(base.budget.batch_size, workers)
-    if args.scheduler == "asha" and args.address is None:
+    if args.scheduler in ASHA_SCHEDULERS and args.address is None:
         raise ProgtuneError(
-            "--scheduler asha with --workers-per-trial above 1 needs a Ray cluster (--address): "
+            f"--scheduler {args.scheduler} with --workers-per-trial above 1 needs a Ray cluster "
+            "(--address): "
             "a local Ray cannot free a stopped trial's workers; drop one of them"
         )
 

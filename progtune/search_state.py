@@ -42,7 +42,7 @@ class SearchSettings:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | None = None  # None = 1 when the cluster has (or can add) GPUs
     workers_per_trial: int = 1  # data-parallel workers per trial (search_settings.trial_layout)
-    scheduler: str = "none"  # none | asha
+    scheduler: str = "none"  # none | asha | asha-after-growth (search_args.ASHA_SCHEDULERS)
     search_seed: int = 0
     sampler: str = "tpe"  # tpe | random | qmc | gp (optuna_searcher.make_sampler)
     optuna_storage: str | None = None  # --optuna-storage URL; None: the local journal file

@@ -40,6 +40,10 @@ class TrialSetup:
     target_loss: float | None  # --target-loss; else the board publishes the reference's
     board: Any  # TargetBoard actor handle
     eval_at_flops: list[float] | None = None  # ASHA's rungs: evaluate where they decide
+    # asha-after-growth: the rungs count from the planned start of a trial's last stage, and
+    # trials report `flops_after_growth` (vocab_size: for that planning)
+    rungs_after_growth: bool = False
+    vocab_size: int = 0
     workers: int = 1  # data-parallel workers per trial (progtune.trial_workers when > 1)
     cpus_per_worker: float = 1.0  # CPUs each worker holds (workers > 1)
     gpus_per_worker: float = 0.0  # GPUs each worker holds (workers > 1: 0 or 1)
@@ -69,9 +73,27 @@ def trial_config(config: dict, setup: TrialSetup) -> Config:
     if "repeat_seed" in config:  # after the pins: a pinned seed is where the repeats start
         overrides["seed"] = config["repeat_seed"]
     overrides["runtime.threads"] = setup.threads
-    if setup.eval_at_flops:
-        overrides["eval.at_flops"] = setup.eval_at_flops
-    return with_overrides(from_flat(setup.base), overrides)
+    cfg = with_overrides(from_flat(setup.base), overrides)
+    if not setup.eval_at_flops:
+        return cfg
+    start = rung_origin(cfg, setup)
+    return with_overrides(cfg, {"eval.at_flops": [start + m for m in setup.eval_at_flops]})
+
+
+def rung_origin(cfg: Config, setup: TrialSetup) -> float:
+    """Where a trial's ASHA clock starts: 0, or (asha-after-growth) the planned FLOPs at the
+    start of its last stage."""
+    from progtune.budget import last_stage_start_flops
+
+    return last_stage_start_flops(cfg, setup.vocab_size) if setup.rungs_after_growth else 0.0
+
+
+def flops_after_growth(row: dict, cfg: Config, start: float) -> float:
+    """asha-after-growth's clock: 0 until the trial's last growth (a row of an earlier stage,
+    the growth row itself included), then FLOPs past `start` (its last stage's planned start)."""
+    if row["stage"] < len(cfg.stages.unique_layers) - 1:
+        return 0.0
+    return max(0.0, float(row["flops"]) - start)
 
 
 def _board_target(setup: TrialSetup) -> float | None:
@@ -115,9 +137,11 @@ def train_trial(config: dict, data: Any, setup: TrialSetup, reports: TrialReport
     work = tempfile.mkdtemp(prefix="progtune-trial-")
     try:
         resume_from, resumed_from, restored = restore_latest(reports.last_checkpoint(), work)
+        clock = _after_growth_clock(cfg, setup)
 
         def report(row: dict, checkpoint: Any) -> bool:
             metrics = {**row, "objective": math.nan, "final": False, "resumed_from": resumed_from}
+            metrics.update(clock(row))
             if restored:  # the rows up to the checkpoint, in case the driver never wrote them
                 metrics["restored_rows"] = restored.copy()
                 restored.clear()
@@ -136,7 +160,16 @@ def train_trial(config: dict, data: Any, setup: TrialSetup, reports: TrialReport
         status = "completed"
     final = {"objective": math.nan, "final": True, "resumed_from": resumed_from, "status": status}
     final.update(result.totals(), trial_wall_s=time.perf_counter() - started)
-    reports.send({**result.curve[-1], **final}, None)
+    reports.send({**result.curve[-1], **clock(result.curve[-1]), **final}, None)
+
+
+def _after_growth_clock(cfg: Config, setup: TrialSetup) -> Any:
+    """row -> the extra metrics a trial reports: `flops_after_growth` under asha-after-growth
+    (every report carries it: the scheduler's time attribute), none otherwise."""
+    if not setup.rungs_after_growth:
+        return lambda row: {}
+    start = rung_origin(cfg, setup)
+    return lambda row: {"flops_after_growth": flops_after_growth(row, cfg, start)}
 
 
 class _TuneReports:

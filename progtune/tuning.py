@@ -26,6 +26,7 @@ from ray.tune.search import ConcurrencyLimiter
 
 from progtune.optuna_searcher import make_searcher
 from progtune.ray_cluster import cluster_can_have_gpus, start_ray, trial_slots
+from progtune.search_args import ASHA_SCHEDULERS
 from progtune.search_callbacks import ProgressCallback, ResultsCallback
 from progtune.search_driver import Search, asha_rungs, open_search
 from progtune.search_settings import trial_layout
@@ -207,14 +208,17 @@ def _expected_trials(settings: SearchSettings) -> int:
 
 
 def _scheduler(settings: SearchSettings, vocab_size: int) -> Any:
-    """FIFO, or ASHA with its rungs in FLOPs of a scratch budget."""
+    """FIFO, or ASHA with its rungs in FLOPs of a scratch budget: cumulative FLOPs (asha), or
+    FLOPs after a trial's last growth (asha-after-growth: 0 before it, below the grace period,
+    so no trial is compared while it trains a small model in its cheap early stages)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    if settings.scheduler != "asha":
+    if settings.scheduler not in ASHA_SCHEDULERS:
         return FIFOScheduler()
     rungs = asha_rungs(reference_config(settings.base), vocab_size)
+    after_growth = settings.scheduler == "asha-after-growth"
     return ASHAScheduler(
-        time_attr="flops",
+        time_attr="flops_after_growth" if after_growth else "flops",
         metric="eval_loss",
         mode="min",
         max_t=2 * rungs[-1],  # above every budget: a trial that ran out is not "stopped"
