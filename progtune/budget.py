@@ -24,6 +24,13 @@ def planned_flops(cfg: Config, vocab_size: int) -> float:
     return total
 
 
+def asha_rungs(reference: Config, vocab_size: int) -> list[float]:
+    """ASHA's milestones in FLOPs: 1/8, 1/4, 1/2 and all of a scratch budget (`--scheduler asha`
+    counts them in cumulative FLOPs, asha-after-growth after a trial's last growth)."""
+    full = planned_flops(reference, vocab_size)
+    return [full / 8, full / 4, full / 2, full]
+
+
 def stage_start_tokens(cfg: Config) -> list[int]:
     """Tokens trained before each stage begins, on train.py's step grid (train.Plan): stage s+1
     begins after optimizer step round(boundary x steps), steps = budget.tokens // step tokens."""

@@ -91,12 +91,34 @@ def dry_run(settings: SearchSettings) -> int:
         f = planned_flops(cfg, vocab)
         total_flops += f
         print(f"{label:>10}: {f:.3e} FLOPs, ~{f / rate:.0f}s  {describe(cfg)}")
+    for line in _asha_lines(settings, [cfg for _, cfg in rows[1:]], vocab):
+        print(line)
     slots = max(1, settings.max_concurrent or (os.cpu_count() or 1) // threads)
     print(
         f"total: {total_flops:.3e} FLOPs, ~{total_flops / rate:.0f}s of trial time, "
         f"~{total_flops / rate / slots:.0f}s wall on {slots} slot(s) (training only)"
     )
     return 0
+
+
+def _asha_lines(settings: SearchSettings, trials: list[Config], vocab: int) -> list[str]:
+    """Where `--scheduler asha|asha-after-growth` compares trials: its rungs, and under
+    asha-after-growth each trial's planned FLOPs at its last growth (its clock's origin)."""
+    from progtune.budget import asha_rungs, last_stage_start_flops
+    from progtune.search_args import ASHA_SCHEDULERS
+    from progtune.search_state import reference_config
+
+    if settings.scheduler not in ASHA_SCHEDULERS:
+        return []
+    rungs = ", ".join(f"{m:.3e}" for m in asha_rungs(reference_config(settings.base), vocab))
+    if settings.scheduler == "asha":
+        return [f"ASHA rungs (1/8, 1/4, 1/2, 1 of the reference): {rungs} cumulative FLOPs"]
+    lines = [f"ASHA rungs (1/8, 1/4, 1/2, 1 of the reference): {rungs} FLOPs after each "
+             "trial's last growth (none is compared before it)"]  # fmt: skip
+    for i, cfg in enumerate(trials):
+        start = last_stage_start_flops(cfg, vocab)
+        lines.append(f"{f'trial {i}':>10}: last growth at {start:.3e} planned FLOPs")
+    return lines
 
 
 def _print_epochs(base: Config, configs: list[Config]) -> None:

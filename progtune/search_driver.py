@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from progtune.budget import planned_flops
+from progtune.budget import asha_rungs, planned_flops
 from progtune.config import Config, flatten
 from progtune.experiment_storage import StoredCheckpoint
 from progtune.ray_cluster import cluster_can_grow, trial_slots
@@ -270,9 +270,3 @@ def open_search(settings: SearchSettings, vocab_size: int, threads: int, gpus: f
         vocab_size=vocab_size,
     )
     return Search(settings, setup, state, gpus)
-
-
-def asha_rungs(reference: Config, vocab_size: int) -> list[float]:
-    """ASHA's milestones in cumulative FLOPs: 1/8, 1/4, 1/2 and all of a scratch budget."""
-    full = planned_flops(reference, vocab_size)
-    return [full / 8, full / 4, full / 2, full]

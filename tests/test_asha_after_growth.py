@@ -173,6 +173,28 @@ def test_asha_after_growth_with_workers_on_local_ray_exits_2(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("name", ["asha-after-growth", "asha"])
+def test_dry_run_says_the_rungs_and_each_trial_s_growth(tiny_cfg, capsys, name):
+    """tiny: 16,384 tokens at 2 x 32 wide, growth after 32 of 64 steps; per token 233,472 FLOPs
+    at depth 2 (the reference), 147,456 at depth 1: 3.825e9 in all, the growth at 1.208e9."""
+    from progtune.cli import main
+
+    args = ["search", "--dry-run", "--preset", "tiny", "--space", "smoke", "--num-samples", "2",
+            "--scheduler", name, f"data.cache_dir={tiny_cfg.data.cache_dir}",
+            "sampling.strategy=none"]  # fmt: skip
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rungs = "ASHA rungs (1/8, 1/4, 1/2, 1 of the reference): 4.782e+08, 9.563e+08, 1.913e+09, "
+    grown = [ln for ln in lines if "last growth at" in ln]
+    if name == "asha":
+        assert rungs + "3.825e+09 cumulative FLOPs" in lines and not grown
+        return
+    assert any(
+        ln.startswith(rungs + "3.825e+09 FLOPs after each trial's last growth") for ln in lines
+    )
+    assert grown == [f"   trial {i}: last growth at 1.208e+09 planned FLOPs" for i in (0, 1)]
+
+
 # ---------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_search_with_asha_after_growth_stops_no_trial_before_its_last_growth(tmp_path):
