@@ -34,9 +34,17 @@ def asha_rungs(reference: Config, vocab_size: int) -> list[float]:
 def stage_start_tokens(cfg: Config) -> list[int]:
     """Tokens trained before each stage begins, on train.py's step grid (train.Plan): stage s+1
     begins after optimizer step round(boundary x steps), steps = budget.tokens // step tokens."""
-    step_tokens = cfg.budget.batch_size * cfg.model.seq_len * cfg.budget.grad_accum
-    steps = cfg.budget.tokens // step_tokens
-    return [0, *(round(x * steps) * step_tokens for x in cfg.stages.boundaries)]
+    steps = planned_steps(cfg)
+    return [0, *(round(x * steps) * _step_tokens(cfg) for x in cfg.stages.boundaries)]
+
+
+def planned_steps(cfg: Config) -> int:
+    """Optimizer steps of the run (train.Plan's total_steps)."""
+    return cfg.budget.tokens // _step_tokens(cfg)
+
+
+def _step_tokens(cfg: Config) -> int:
+    return cfg.budget.batch_size * cfg.model.seq_len * cfg.budget.grad_accum
 
 
 def last_stage_start_flops(cfg: Config, vocab_size: int) -> float:

@@ -160,16 +160,23 @@ def train_trial(config: dict, data: Any, setup: TrialSetup, reports: TrialReport
         status = "completed"
     final = {"objective": math.nan, "final": True, "resumed_from": resumed_from, "status": status}
     final.update(result.totals(), trial_wall_s=time.perf_counter() - started)
-    reports.send({**result.curve[-1], **clock(result.curve[-1]), **final}, None)
+    reports.send({**result.curve[-1], **final}, None)
 
 
 def _after_growth_clock(cfg: Config, setup: TrialSetup) -> Any:
-    """row -> the extra metrics a trial reports: `flops_after_growth` under asha-after-growth
-    (every report carries it: the scheduler's time attribute), none otherwise."""
+    """row -> the extra metrics a curve row reports: `flops_after_growth` under
+    asha-after-growth (the scheduler's time attribute), none otherwise. Not on the row at the
+    run's last step (nor on the final summary): ASHA skips a result without it, so a rung that
+    falls at the very end (e.g. a last stage at full depth over half the budget ends exactly on
+    the 1/2 rung) cannot stop a trial that has finished, which would lose its final result."""
+    from progtune.budget import planned_steps
+
     if not setup.rungs_after_growth:
         return lambda row: {}
-    start = rung_origin(cfg, setup)
-    return lambda row: {"flops_after_growth": flops_after_growth(row, cfg, start)}
+    start, last = rung_origin(cfg, setup), planned_steps(cfg)
+    return lambda row: (
+        {} if row["step"] >= last else {"flops_after_growth": flops_after_growth(row, cfg, start)}
+    )
 
 
 class _TuneReports:
