@@ -43,6 +43,7 @@ class TrialSetup:
     # asha-after-growth: the rungs count from the planned start of a trial's last stage, and
     # trials report `flops_after_growth` (vocab_size: for that planning)
     rungs_after_growth: bool = False
+    asha: bool = False  # either ASHA: rows carry its clock (none on the last step's row)
     vocab_size: int = 0
     workers: int = 1  # data-parallel workers per trial (progtune.trial_workers when > 1)
     cpus_per_worker: float = 1.0  # CPUs each worker holds (workers > 1)
@@ -137,7 +138,7 @@ def train_trial(config: dict, data: Any, setup: TrialSetup, reports: TrialReport
     work = tempfile.mkdtemp(prefix="progtune-trial-")
     try:
         resume_from, resumed_from, restored = restore_latest(reports.last_checkpoint(), work)
-        clock = _after_growth_clock(cfg, setup)
+        clock = _asha_clock(cfg, setup)
 
         def report(row: dict, checkpoint: Any) -> bool:
             metrics = {**row, "objective": math.nan, "final": False, "resumed_from": resumed_from}
@@ -163,17 +164,21 @@ def train_trial(config: dict, data: Any, setup: TrialSetup, reports: TrialReport
     reports.send({**result.curve[-1], **final}, None)
 
 
-def _after_growth_clock(cfg: Config, setup: TrialSetup) -> Any:
-    """row -> the extra metrics a curve row reports: `flops_after_growth` under
-    asha-after-growth (the scheduler's time attribute), none otherwise. Not on the row at the
-    run's last step (nor on the final summary): ASHA skips a result without it, so a rung that
-    falls at the very end (e.g. a last stage at full depth over half the budget ends exactly on
-    the 1/2 rung) cannot stop a trial that has finished, which would lose its final result."""
+def _asha_clock(cfg: Config, setup: TrialSetup) -> Any:
+    """row -> the extra metric a curve row reports: ASHA's time attribute, `asha_flops` (the
+    row's FLOPs, asha) or `flops_after_growth` (asha-after-growth); none without ASHA. Not on
+    the row at the run's last step (nor on the final summary): ASHA skips a result without it,
+    so a rung that falls at the very end (a run of exactly a scratch budget's FLOPs meets the
+    last rung there; a last stage at full depth over half the budget ends on the 1/2 rung under
+    asha-after-growth) cannot stop a trial that has finished, which would lose its result."""
     from progtune.budget import planned_steps
 
-    if not setup.rungs_after_growth:
+    if not (setup.asha or setup.rungs_after_growth):
         return lambda row: {}
-    start, last = rung_origin(cfg, setup), planned_steps(cfg)
+    last = planned_steps(cfg)
+    if not setup.rungs_after_growth:
+        return lambda row: {} if row["step"] >= last else {"asha_flops": row["flops"]}
+    start = rung_origin(cfg, setup)
     return lambda row: (
         {} if row["step"] >= last else {"flops_after_growth": flops_after_growth(row, cfg, start)}
     )

@@ -218,7 +218,7 @@ def _scheduler(settings: SearchSettings, vocab_size: int) -> Any:
     rungs = asha_rungs(reference_config(settings.base), vocab_size)
     after_growth = settings.scheduler == "asha-after-growth"
     return ASHAScheduler(
-        time_attr="flops_after_growth" if after_growth else "flops",
+        time_attr="flops_after_growth" if after_growth else "asha_flops",  # none on a last row
         metric="eval_loss",
         mode="min",
         max_t=2 * rungs[-1],  # above every budget: a trial that ran out is not "stopped"

@@ -31,7 +31,7 @@ def _setup(base, vocab, after_growth=True):
     return TrialSetup(
         base=flatten(base), pinned={}, points=[], threads=1, stop_at_target=False,
         target_loss=None, board=None, eval_at_flops=rungs, rungs_after_growth=after_growth,
-        vocab_size=vocab,
+        asha=True, vocab_size=vocab,
     )  # fmt: skip
 
 
@@ -120,11 +120,20 @@ def test_a_row_before_the_last_growth_says_zero_even_past_the_planned_start():
     assert flops_after_growth({"stage": 2, "flops": start + 5e6}, cfg, start) == 5e6
 
 
-def test_plain_asha_trials_report_no_after_growth_clock(tiny_cfg, tiny_data, one_torch_thread):
+def test_plain_asha_trials_clock_their_flops_but_not_on_the_last_row(
+    tiny_cfg, tiny_data, one_torch_thread
+):
+    """Plain asha's clock is the row's FLOPs, but not on the last step's row nor the summary: a
+    run of exactly a scratch budget meets the last rung there, and a STOP on it would lose the
+    finished trial's result (Tune drops the final summary of a stopped trial)."""
     cfg = with_overrides(tiny_cfg, {"budget.tokens": 4_096, "stages.boundaries": (0.5,)})
     reports = _Reports()
     train_trial({}, tiny_data, _setup(cfg, tiny_data.vocab_size, after_growth=False), reports)
     assert reports.sent and all("flops_after_growth" not in m for m in reports.sent)
+    *rows, last_row, summary = reports.sent
+    assert rows and all(m["asha_flops"] == m["flops"] for m in rows)
+    assert "asha_flops" not in last_row and "asha_flops" not in summary
+    assert last_row["step"] == summary["step"] and summary["final"]
 
 
 # ---------------------------------------------------------------------------- the scheduler
@@ -139,7 +148,7 @@ def test_scheduler_object_clocks_flops_after_growth_with_asha_s_rungs():
     sched = _scheduler("asha-after-growth")
     plain = _scheduler("asha")
     full = 16_384 * FPT[4]
-    assert (sched._time_attr, plain._time_attr) == ("flops_after_growth", "flops")
+    assert (sched._time_attr, plain._time_attr) == ("flops_after_growth", "asha_flops")
     for s in (sched, plain):
         assert (s._metric, s._mode, s._max_t, s._reduction_factor) == ("eval_loss", "min",
                                                                         2 * full, 2)  # fmt: skip
