@@ -246,9 +246,13 @@ class AshaReplay:
         self.bracket = _Bracket(min_t=rungs[0], max_t=2 * rungs[-1], reduction_factor=2, s=0)
 
     def checks(self, run: Run) -> list[tuple[float, float]]:
-        """(FLOPs into the trial, ASHA time) of each rung report the trial reaches."""
+        """(FLOPs into the trial, ASHA time) of each rung report the trial reaches before its
+        end: as in the product, the row at a trial's last step carries no ASHA clock, so a rung
+        that falls exactly at its end decides nothing. The after-growth offset is the recorded
+        growth point (the product plans it: within ~1.5 % with depth sampling)."""
         offset = last_growth_flops(run) if self.after_growth else 0.0
-        return [(offset + m, m) for m in self.rungs if offset + m <= run.total_flops]
+        end = run.total_flops * (1 - 1e-9)
+        return [(offset + m, m) for m in self.rungs if offset + m < end]
 
     def decide(self, trial_id: str, asha_time: float, loss: float) -> bool:
         """True: stop the trial (its reward -loss is below the rung's cutoff)."""

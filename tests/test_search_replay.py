@@ -307,6 +307,9 @@ def test_asha_after_growth_counts_rungs_from_the_last_growth(land):
     at = np.flatnonzero(run.tokens == run.growth_tokens)
     if len(at):
         assert growth == pytest.approx(run.flops[at[0]], rel=1e-6)
+    # a rung exactly at the run's end decides nothing (the product's last row has no clock)
+    ending = strategies.AshaReplay([run.total_flops / 2, run.total_flops], after_growth=False)
+    assert [f for f, _ in ending.checks(run)] == [run.total_flops / 2]
 
 
 def test_asha_replay_in_the_simulator_prunes_trials(land):
