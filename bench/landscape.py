@@ -83,7 +83,7 @@ def part_path(out: Path, cfg_id: str, seed: int) -> Path:
     return out / f"{cfg_id}-s{seed}.parquet"
 
 
-def _knob_row(cfg: Config) -> dict[str, Any]:
+def knob_row(cfg: Config) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for name, value in flatten(cfg).items():
         if isinstance(value, tuple):
@@ -99,7 +99,7 @@ def run_rows(
     """Train `cfg` once; its curve rows and the summary row (a failure is a summary row too)."""
     from progtune.train import train
 
-    head = {"config_id": cfg_id, "label": point.label, **_knob_row(cfg)}
+    head = {"config_id": cfg_id, "label": point.label, **knob_row(cfg)}
     t0, c0 = time.perf_counter(), time.process_time()
     summary: dict[str, Any] = {"row": "summary", "git_sha": git_sha}
     curve: list[dict[str, Any]] = []

@@ -15,7 +15,6 @@ import pytest
 from bench_scripts import BENCH, load_bench
 
 from progtune.budget import expected_depth, flops_per_token, stage_tokens
-from progtune.config import flatten, list_text
 
 space = load_bench("landscape_space")
 landscape = load_bench("landscape")
@@ -35,16 +34,6 @@ def small_base(tmp_path: Path):
         "data.cache_dir": str(tmp_path / "cache"),
     }
     return space.base_config("tiny", overrides)
-
-
-def _knob_row(cfg) -> dict:
-    row = {}
-    for name, value in flatten(cfg).items():
-        if isinstance(value, tuple):
-            row[name], row[f"{name}_str"] = list(value), list_text(value)
-        else:
-            row[name] = value
-    return row
 
 
 def cumulative_flops(cfg, vocab: int, tokens: float, rates: list[float]) -> float:
@@ -86,7 +75,7 @@ def run_rows(base, point, seed: int, cfg_id: str, q: float, status="completed") 
     total_tokens = cfg.budget.tokens
     rates = stage_rates(cfg, vocab)
     f0 = cumulative_flops(cfg, vocab, total_tokens, rates) / 20
-    head = {"config_id": cfg_id, "label": point.label, **_knob_row(cfg)}
+    head = {"config_id": cfg_id, "label": point.label, **landscape.knob_row(cfg)}
     bounds = [0.0, *cfg.stages.boundaries, 1.0]
     rows = []
     for frac in EVAL_FRACTIONS:
