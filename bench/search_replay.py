@@ -280,6 +280,14 @@ def landscape_lines(land: Landscape, table: pd.DataFrame, opts: argparse.Namespa
             )
         pins = reduced_pins(land, s, opts.reduce_tolerance / 100)
         lines.append(f"  tpe-reduced selecting on seed {s} pins {pins}")
+    for a, b in (land.seeds[:2], land.seeds[1::-1]):
+        picked = table[f"saving_s{a}"].idxmax()
+        got, best = table.loc[picked, f"saving_s{b}"], table[f"saving_s{b}"].max()
+        lines.append(
+            f"a perfect selector on seed {a} scores {100 * got:.1f} % on seed {b}, "
+            f"{100 * (best - got):.1f} points below its best (within 2 points: "
+            f"{'yes' if best - got <= 0.02 + 1e-12 else 'no'} - the ceiling of P(within))"
+        )
     noise, n = seed_noise(table, land.seeds)
     if n and noise > 0:
         top = table[[f"saving_s{s}" for s in land.seeds[:2]]].mean(axis=1).max()
