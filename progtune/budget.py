@@ -32,15 +32,20 @@ def asha_rungs(reference: Config, vocab_size: int) -> list[float]:
 
 
 def stage_start_tokens(cfg: Config) -> list[int]:
-    """Tokens trained before each stage begins, on train.py's step grid (train.Plan): stage s+1
-    begins after optimizer step round(boundary x steps), steps = budget.tokens // step tokens."""
-    steps = planned_steps(cfg)
-    return [0, *(round(x * steps) * _step_tokens(cfg) for x in cfg.stages.boundaries)]
+    """Tokens trained before each stage begins, on the run's step grid (planned_growth_steps)."""
+    return [0, *(g * _step_tokens(cfg) for g in planned_growth_steps(cfg))]
 
 
 def planned_steps(cfg: Config) -> int:
-    """Optimizer steps of the run (train.Plan's total_steps)."""
+    """Optimizer steps of the run: budget.tokens // tokens per optimizer step (train.Plan)."""
     return cfg.budget.tokens // _step_tokens(cfg)
+
+
+def planned_growth_steps(cfg: Config) -> list[int]:
+    """The optimizer step after which each stage s+1 begins: round(boundary x steps) (train.Plan
+    checks they are distinct and inside the run)."""
+    total = planned_steps(cfg)
+    return [round(x * total) for x in cfg.stages.boundaries]
 
 
 def _step_tokens(cfg: Config) -> int:

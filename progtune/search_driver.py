@@ -267,7 +267,6 @@ def open_search(settings: SearchSettings, vocab_size: int, threads: int, gpus: f
         board=board,
         eval_at_flops=eval_at_flops,  # asha-after-growth: each trial's from its last stage
         rungs_after_growth=settings.scheduler == "asha-after-growth",
-        asha=settings.scheduler in ("asha", "asha-after-growth"),
         vocab_size=vocab_size,
     )
     return Search(settings, setup, state, gpus)

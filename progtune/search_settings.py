@@ -204,8 +204,7 @@ def _check_workers(args: argparse.Namespace, base: Config, workers: int) -> None
     if args.scheduler in ASHA_SCHEDULERS and args.address is None:
         raise ProgtuneError(
             f"--scheduler {args.scheduler} with --workers-per-trial above 1 needs a Ray cluster "
-            "(--address): "
-            "a local Ray cannot free a stopped trial's workers; drop one of them"
+            "(--address): a local Ray cannot free a stopped trial's workers; drop one of them"
         )
 
 

@@ -25,6 +25,7 @@ import torch
 
 from progtune.batches import TrainingWindows, model_inputs, val_windows
 from progtune.batches import mask_for_mlm as mask_for_mlm
+from progtune.budget import planned_growth_steps, planned_steps
 from progtune.checkpoint import CHECKPOINT_FILE as CHECKPOINT_FILE
 from progtune.checkpoint import CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
 from progtune.checkpoint import (
@@ -90,10 +91,8 @@ class Plan:
 
     @classmethod
     def of(cls, cfg: Config) -> Plan:
-        b = cfg.budget
-        tokens_per_micro = b.batch_size * cfg.model.seq_len
-        total = b.tokens // (tokens_per_micro * b.grad_accum)
-        growth = [round(x * total) for x in cfg.stages.boundaries]
+        tokens_per_micro = cfg.budget.batch_size * cfg.model.seq_len
+        total, growth = planned_steps(cfg), planned_growth_steps(cfg)
         if (
             any(g <= 0 for g in growth)
             or any(a >= b for a, b in pairwise(growth))

@@ -7,8 +7,10 @@ small frozen `TrialSetup` (through `tune.with_parameters`), never the driver's s
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import operator
 import os
 import shutil
 import tempfile
@@ -43,7 +45,6 @@ class TrialSetup:
     # asha-after-growth: the rungs count from the planned start of a trial's last stage, and
     # trials report `flops_after_growth` (vocab_size: for that planning)
     rungs_after_growth: bool = False
-    asha: bool = False  # either ASHA: rows carry its clock (none on the last step's row)
     vocab_size: int = 0
     workers: int = 1  # data-parallel workers per trial (progtune.trial_workers when > 1)
     cpus_per_worker: float = 1.0  # CPUs each worker holds (workers > 1)
@@ -164,6 +165,11 @@ def train_trial(config: dict, data: Any, setup: TrialSetup, reports: TrialReport
     reports.send({**result.curve[-1], **final}, None)
 
 
+def asha_time_attr(after_growth: bool) -> str:
+    """The metric a trial reports as ASHA's clock (Tune's time_attr), not a results column."""
+    return "flops_after_growth" if after_growth else "asha_flops"
+
+
 def _asha_clock(cfg: Config, setup: TrialSetup) -> Any:
     """row -> the extra metric a curve row reports: ASHA's time attribute, `asha_flops` (the
     row's FLOPs, asha) or `flops_after_growth` (asha-after-growth); none without ASHA. Not on
@@ -173,15 +179,15 @@ def _asha_clock(cfg: Config, setup: TrialSetup) -> Any:
     asha-after-growth) cannot stop a trial that has finished, which would lose its result."""
     from progtune.budget import planned_steps
 
-    if not (setup.asha or setup.rungs_after_growth):
+    if not setup.eval_at_flops:  # set exactly when a search runs either ASHA
         return lambda row: {}
     last = planned_steps(cfg)
-    if not setup.rungs_after_growth:
-        return lambda row: {} if row["step"] >= last else {"asha_flops": row["flops"]}
-    start = rung_origin(cfg, setup)
-    return lambda row: (
-        {} if row["step"] >= last else {"flops_after_growth": flops_after_growth(row, cfg, start)}
-    )
+    name = asha_time_attr(setup.rungs_after_growth)
+    if setup.rungs_after_growth:
+        clock = functools.partial(flops_after_growth, cfg=cfg, start=rung_origin(cfg, setup))
+    else:
+        clock = operator.itemgetter("flops")
+    return lambda row: {} if row["step"] >= last else {name: clock(row)}
 
 
 class _TuneReports:

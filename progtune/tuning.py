@@ -32,7 +32,7 @@ from progtune.search_driver import Search, asha_rungs, open_search
 from progtune.search_settings import trial_layout
 from progtune.search_state import SearchSettings, SearchState, reference_config
 from progtune.tracking_backends import open_tracker
-from progtune.trial_trainable import run_trial
+from progtune.trial_trainable import asha_time_attr, run_trial
 from progtune.trial_workers import driver_resources, run_trial_on_workers
 
 
@@ -218,7 +218,7 @@ def _scheduler(settings: SearchSettings, vocab_size: int) -> Any:
     rungs = asha_rungs(reference_config(settings.base), vocab_size)
     after_growth = settings.scheduler == "asha-after-growth"
     return ASHAScheduler(
-        time_attr="flops_after_growth" if after_growth else "asha_flops",  # none on a last row
+        time_attr=asha_time_attr(after_growth),  # a trial's last row carries none
         metric="eval_loss",
         mode="min",
         max_t=2 * rungs[-1],  # above every budget: a trial that ran out is not "stopped"

@@ -31,7 +31,7 @@ def _setup(base, vocab, after_growth=True):
     return TrialSetup(
         base=flatten(base), pinned={}, points=[], threads=1, stop_at_target=False,
         target_loss=None, board=None, eval_at_flops=rungs, rungs_after_growth=after_growth,
-        asha=True, vocab_size=vocab,
+        vocab_size=vocab,
     )  # fmt: skip
 
 
