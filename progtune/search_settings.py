@@ -86,9 +86,18 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise ProgtuneError("--resume needs --name of the experiment to continue")
     if args.resume and args.dry_run:
         raise ProgtuneError("--resume and --dry-run cannot be combined; drop one")
-    if args.sampler == "gp" and importlib.util.find_spec("scipy") is None:
-        raise ProgtuneError("--sampler gp needs scipy (Optuna's GPSampler): pip install scipy")
+    if args.sampler == "gp" and not _scipy_installed():
+        raise ProgtuneError(
+            "--sampler gp needs scipy (Optuna's GPSampler): pip install 'progtune[gp]'"
+        )
     check_backends(getattr(args, "log", None))  # --log's extras installed
+
+
+def _scipy_installed() -> bool:
+    try:
+        return importlib.util.find_spec("scipy") is not None
+    except ValueError:  # sys.modules["scipy"] is None: its import is blocked
+        return False
 
 
 def _load_space(args: argparse.Namespace, saved: dict[str, Any] | None) -> Space:
