@@ -72,13 +72,13 @@ class Driver:
         self.polls += 1
 
 
-def _searcher(tmp_path, num_samples: int, capacity: int):
+def _searcher(tmp_path, num_samples: int, capacity: int, sampler: str = "tpe"):
     from progtune.optuna_searcher import make_searcher
     from progtune.spaces import load_space
 
     base = resolve("tiny")
     settings = SearchSettings(load_space("smoke"), base, {}, "s", str(tmp_path),
-                              num_samples=num_samples)  # fmt: skip
+                              num_samples=num_samples, sampler=sampler)  # fmt: skip
     state = SearchState(settings.exp_uri, "s", 512, target_loss=None)
     driver = Driver(capacity)
     return make_searcher(settings, state, None, gate=driver), state, driver
@@ -131,3 +131,21 @@ def test_the_searcher_pickles_without_the_driver_or_user_code(tmp_path):
     fresh.restore(str(path))  # what Tune does on --resume: the saved bookkeeping, live links kept
     assert fresh.search_state is fresh_state and fresh.gate is fresh_driver
     assert list(fresh._ot_trials) == ["a"] and fresh._space.space is not None
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "qmc", "gp"])
+def test_every_sampler_proposes_past_its_start_up_trials(tmp_path, sampler):
+    """Each `--sampler` (gp: Optuna's GPSampler, with scipy from the gp extra) keeps proposing
+    distinct points after its 2 start-up trials were told, one slot at a time."""
+    searcher, state, _ = _searcher(tmp_path, num_samples=4, capacity=1, sampler=sampler)
+    state.fixed_target = 4.5
+    for i, name in enumerate("abcdef"):
+        assert searcher.suggest(name), f"{sampler}: no proposal for trial {i}"
+        _train(state, name, [6.0, 5.0 - 0.1 * i, 4.0 + 0.2 * i])
+        searcher.on_trial_complete(name, {"final": True})
+    study = searcher._ot_study
+    assert type(study.sampler).__name__ == {
+        "tpe": "TPESampler", "random": "RandomSampler", "qmc": "QMCSampler", "gp": "GPSampler",
+    }[sampler]  # fmt: skip
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6
+    assert len({t.params["lr.peak"] for t in study.trials}) == 6
