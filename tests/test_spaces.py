@@ -100,25 +100,53 @@ _DEFINE = "def define(trial):\n    return {'lr.peak': trial.suggest_float('lr.pe
 
 
 @pytest.mark.parametrize("preset", ["tiny", "cpu-small", "gpt2-base", "llama-base"])
-def test_apollo_space_starts_from_the_methods_growth_points(preset):
-    """The first trials are growth without sampling and the Apollo recipe, exactly as the methods
-    space builds them, at the preset's LR; the sampler takes over after them."""
+def test_apollo_space_starts_from_the_landscape_best_then_classic_growth(preset):
+    """The first trial is the landscape's best (doubling, growth at 50 % then 60 % of what is left,
+    no sampling, 1.41x LR, linear, 5 % re-warmup); the second growth without sampling exactly as
+    the methods space builds it, at the preset's LR; the sampler takes over after them."""
     base = resolve(preset)
     methods = sample_configs(load_space("methods"), base, {}, 4, 0)
-    configs = sample_configs(load_space("apollo"), base, {}, 4, seed=5)
-    for got, want in zip(configs[:2], methods[2:], strict=True):  # interpolation, apollo
-        assert got.stages == want.stages
-        assert got.sampling == want.sampling
-        assert got.growth == want.growth
-        assert (got.lr.peak, got.lr.warmup_fraction) == (base.lr.peak, base.lr.warmup_fraction)
-        assert (got.lr.schedule, got.lr.rewarmup_fraction) == ("cosine", 0.0)
-    assert configs[2].lr.peak != base.lr.peak  # then drawn
+    best, classic, drawn = sample_configs(load_space("apollo"), base, {}, 3, seed=5)
+    want = methods[2]  # interpolation: growth without depth sampling
+    assert best.stages.unique_layers == want.stages.unique_layers
+    bounds, position = [], 0.0
+    for i in range(len(want.stages.boundaries)):
+        position = 0.5 if i == 0 else round(position + (1 - position) * 0.6, 4)
+        bounds.append(position)
+    assert best.stages.boundaries == pytest.approx(tuple(bounds))
+    assert best.sampling.strategy == "none"
+    assert best.lr.peak == pytest.approx(base.lr.peak * 1.41)
+    assert (best.lr.schedule, best.lr.rewarmup_fraction) == ("linear", 0.05)
+    assert best.lr.warmup_fraction == base.lr.warmup_fraction
+    assert classic.stages == want.stages
+    assert classic.sampling == want.sampling
+    assert classic.growth == want.growth == best.growth == base.growth
+    assert (classic.lr.peak, classic.lr.warmup_fraction) == (
+        base.lr.peak, base.lr.warmup_fraction,
+    )  # fmt: skip
+    assert (classic.lr.schedule, classic.lr.rewarmup_fraction) == ("cosine", 0.0)
+    assert drawn.lr.peak not in (base.lr.peak, best.lr.peak)  # then drawn
+
+
+@pytest.mark.parametrize("preset", ["cpu-small", "gpt2-base"])
+def test_apollo_space_draws_inside_the_ranges_the_landscape_kept(preset):
+    """Depth sampler none | lvps, LR 0.7-2.8x and warmup 0.5-2.5x the preset's, operator and
+    Adam moments the preset's (the landscape showed they matter least)."""
+    base = resolve(preset)
+    configs = sample_configs(load_space("apollo"), base, {}, 40, seed=1)[2:]
+    assert {c.sampling.strategy for c in configs} == {"none", "lvps"}
+    assert all(0.7 <= c.lr.peak / base.lr.peak <= 2.8 for c in configs)
+    assert all(0.5 <= c.lr.warmup_fraction / base.lr.warmup_fraction <= 2.5 for c in configs)
+    assert {c.lr.rewarmup_fraction for c in configs} == {0.0, 0.05}
+    assert {(c.growth.operator, c.growth.optimizer_state) for c in configs} == {
+        (base.growth.operator, base.growth.optimizer_state)
+    }
 
 
 def test_starts_leave_pinned_knobs_to_the_pin_and_skip_a_pinned_schedule():
     base = resolve("cpu-small", overrides={"lr.peak": 1e-3})
     configs = sample_configs(load_space("apollo"), base, {"lr.peak": 1e-3}, 2, 0)
-    assert [c.sampling.strategy for c in configs] == ["none", "lvps"]
+    assert [c.lr.schedule for c in configs] == ["linear", "cosine"]  # the two starts
     assert all(c.lr.peak == 1e-3 for c in configs)
     pinned = {"stages.unique_layers": (2, 4), "stages.boundaries": (0.3,)}
     base = resolve("cpu-small", overrides=pinned)
