@@ -15,7 +15,8 @@ re-warmup, which the space draws from a list); floats (LR peak, warmup fraction,
 |ln a - ln b| / ln(max/min) over the landscape's own values of that knob, so each float counts at
 most ~1 like a categorical; a boundary list of another length counts 1. The depth sampler's
 constants (lvps_low/high, edge_slope) are left out: the grid keeps the preset's. Ties go to the
-first configuration in landscape order.
+first configuration in landscape order. A knob the space does not propose is the base's (the
+product trains base + overrides), so it is compared at the base's value.
 
 ASHA: Ray Tune's own bracket (ray.tune.schedulers.async_hyperband._Bracket) as progtune builds it
 (tuning._scheduler: grace period = first of search_driver.asha_rungs, max_t = 2 x the last,
@@ -38,6 +39,7 @@ import numpy as np
 import optuna
 from replay_metrics import Landscape, Run
 
+from progtune.config import flatten
 from progtune.optuna_searcher import make_sampler
 from progtune.spaces import Space, call_define, enqueue_starts, load_space, start_points
 
@@ -70,10 +72,17 @@ def _log_span(values: np.ndarray) -> float:
     return math.log(pos.max() / pos.min()) if len(pos) and pos.max() > pos.min() else 1.0
 
 
+def _base_knobs(land: Landscape) -> dict[str, Any]:
+    """The snapped knobs at the landscape's base (a space that does not propose one trains it)."""
+    flat = flatten(land.base)
+    return {k: flat[k] for k in (*CATEGORICAL, *FLOATS, "stages.boundaries") if k in flat}
+
+
 class SnapTable:
     """The searchable configurations as arrays; `snap` returns the nearest one and its distance."""
 
     def __init__(self, land: Landscape):
+        self.base = _base_knobs(land)
         rows = land.knobs.loc[land.searchable]
         self.ids = list(land.searchable)
         self.cats = {k: [_key(v) for v in rows[k]] for k in CATEGORICAL}
@@ -88,6 +97,7 @@ class SnapTable:
         self.bound_span = _log_span(self.bounds[np.isfinite(self.bounds)])
 
     def distances(self, overrides: dict[str, Any]) -> np.ndarray:
+        overrides = {**self.base, **overrides}
         d = np.zeros(len(self.ids))
         for k, values in self.cats.items():
             want = _key(overrides.get(k))
@@ -119,8 +129,10 @@ class Strategy:
     starts: bool  # the space's starting points enqueued first (the product always does)
     scheduler: str = "none"  # none | asha | asha-after-growth
     reduced: bool = False  # knobs the landscape shows do not matter pinned (reduced_pins)
+    num_samples: int | None = None  # sets the start-up count; None: the replay's --num-samples
 
 
+DEFAULT = "default"  # `progtune search` as shipped: read from the product (product_default)
 STRATEGIES: dict[str, Strategy] = {
     "random": Strategy("random", starts=False),
     "random+starts": Strategy("random", starts=True),
@@ -131,6 +143,34 @@ STRATEGIES: dict[str, Strategy] = {
     "asha": Strategy("tpe", starts=True, scheduler="asha"),  # `--scheduler asha`
     "asha-after-growth": Strategy("tpe", starts=True, scheduler="asha-after-growth"),
 }
+
+
+def product_default() -> Strategy:
+    """What `progtune search` does with no flags, read from the product: its own parser's
+    defaults (`search` alone) turned into settings by its own code (search_settings._new_settings
+    decides the sampler, `tpe`, and the trial count, 8, there). The starting points are always
+    enqueued (optuna_searcher.make_searcher); the space is `--space`, by default the product's
+    (search_args.DEFAULT_SPACE)."""
+    from progtune.cli import build_parser
+    from progtune.search_settings import _new_settings
+
+    args = build_parser().parse_args(["search"])
+    settings = _new_settings(args, None, None, {}, [], {}, "", "replay")
+    return Strategy(
+        settings.sampler,
+        starts=True,
+        scheduler=settings.scheduler,
+        num_samples=settings.num_samples,
+    )
+
+
+def strategy_names() -> list[str]:
+    return [DEFAULT, *STRATEGIES]
+
+
+def strategy(name: str) -> Strategy:
+    """A named strategy; `default` is the product's (read each time: it follows the product)."""
+    return product_default() if name == DEFAULT else STRATEGIES[name]
 
 
 def startup_trials(num_samples: int) -> int:
@@ -208,10 +248,11 @@ def make_proposer(
     reduce_tolerance: float = 0.02,
 ) -> OptunaProposer:
     """Strategy `name`'s proposer: its seeded sampler, starts, and pins for a reduced space."""
-    strategy = STRATEGIES[name]
-    sampler = make_sampler(strategy.sampler, search_seed, startup_trials(num_samples))
-    pinned = reduced_pins(land, select_seed, reduce_tolerance) if strategy.reduced else {}
-    return OptunaProposer(load_space(space_name), land, sampler, strategy.starts, pinned)
+    chosen = strategy(name)
+    startup = startup_trials(chosen.num_samples or num_samples)
+    sampler = make_sampler(chosen.sampler, search_seed, startup)
+    pinned = reduced_pins(land, select_seed, reduce_tolerance) if chosen.reduced else {}
+    return OptunaProposer(load_space(space_name), land, sampler, chosen.starts, pinned)
 
 
 def start_configs(land: Landscape, snap: SnapTable, space_name: str) -> list[str]:
@@ -261,7 +302,7 @@ class AshaReplay:
 
 
 def make_scheduler(name: str, rungs: list[float]) -> AshaReplay | None:
-    scheduler = STRATEGIES[name].scheduler
+    scheduler = strategy(name).scheduler
     if scheduler == "none":
         return None
     return AshaReplay(rungs, after_growth=scheduler == "asha-after-growth")

@@ -1,7 +1,7 @@
 """Replay search strategies on a recorded landscape at zero training cost (issue 11, part 3).
 
     .venv/bin/python bench/search_replay.py LANDSCAPE_FOLDER [--strategies a,b] [--seeds 30]
-        [--slots 2] [--budget 32] [--out DIR]
+        [--slots 2] [--budget 32] [--space NAME|FILE.py] [--out DIR]
 
 A simulator modelled on Syne Tune's simulator backend (syne_tune.blackbox_repository.
 BlackboxRepositoryBackend with backend.simulator_backend.simulator_callback.SimulatorCallback, as
@@ -20,9 +20,15 @@ run-equivalents are spent (trials still running then are not counted as finished
 
 Each search (strategy x search seed) selects its incumbent on one training seed - the finished
 COMPLETE trial with the lowest objective there - and is scored on the other seed; with seeds 1, 2
-both directions count. Strategies, snapping and ASHA: bench/replay_strategies.py; scores and
-metrics: bench/replay_metrics.py. Writes DIR/replay.parquet (one row per strategy, search seed and
-selection seed), DIR/replay.png (regret vs compute) and DIR/replay.md (the printed table).
+both directions count; it is compared with two ceilings (the landscape's best saving on the
+scoring seed, and what a perfect selector reaches there: replay_metrics.CEILINGS). Strategies
+(`default` = `progtune search` as shipped, read from the product), snapping and ASHA:
+bench/replay_strategies.py; scores and metrics: bench/replay_metrics.py. `--space` replays another
+space (a shipped name or a .py file, as `progtune search --space`). Writes DIR/replay.parquet (one
+row per strategy, search seed and selection seed), DIR/summary.parquet (one row per strategy),
+DIR/replay.png (regret vs compute, a panel per ceiling) and DIR/replay.md (the printed tables).
+Optuna's GPSampler (`gp`) runs torch: the replay holds torch to 1 thread (on a shared 2-core
+machine its default threads made a search 6x slower: 65 s against 11 s).
 """
 
 from __future__ import annotations
@@ -43,12 +49,15 @@ import optuna
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from replay_metrics import (
     BUDGETS,
+    CEILINGS,
     REFERENCE_LABEL,
     Landscape,
     LandscapeError,
     Run,
+    ceilings,
     compute_to_within,
     load_landscape,
     markdown_table,
@@ -59,7 +68,6 @@ from replay_metrics import (
     summarize,
 )
 from replay_strategies import (
-    STRATEGIES,
     AshaReplay,
     OptunaProposer,
     SnapTable,
@@ -68,9 +76,14 @@ from replay_strategies import (
     make_scheduler,
     reduced_pins,
     start_configs,
+    strategy,
+    strategy_names,
 )
 
 from progtune.atomic import write_atomic, write_text_atomic
+from progtune.errors import ProgtuneError
+from progtune.search_args import DEFAULT_SPACE
+from progtune.spaces import load_space
 
 MAX_TRIALS = 2000  # a guard: zero-cost (failed at set-up) runs cannot loop forever
 
@@ -153,6 +166,9 @@ def simulate(
                 heapq.heappush(events, (now + flops, t.number, "rung", asha_time))
             heapq.heappush(events, (now + t.run.total_flops, t.number, "end", 0.0))
         if not running or spent >= limit:
+            end = spent / land.reference(select_seed).total_flops
+            if end > log.trace[-1][0]:  # e.g. the last event a rung that stopped nothing
+                log.trace.append((end, best[1]))
             return log
         when, number, kind, asha_time = heapq.heappop(events)
         if number not in running:
@@ -184,8 +200,9 @@ def replay_one(
     opts: argparse.Namespace,
     snap: SnapTable,
     rungs: list[float],
-) -> tuple[dict[str, Any], np.ndarray]:
-    """One search of strategy `name`: its result row and its regret curve on the compute grid."""
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """One search of strategy `name`: its result row and its regret curve against each ceiling
+    (CEILINGS) on the compute grid."""
     score_seed = next(s for s in land.seeds if s != select_seed)
     proposer = make_proposer(
         name,
@@ -200,25 +217,30 @@ def replay_one(
         land, proposer, make_scheduler(name, rungs), select_seed, opts.slots, opts.budget, snap
     )
     score = table[f"saving_s{score_seed}"]
-    best = float(score.max())
+    targets, picked = ceilings(table, select_seed, score_seed)
     grid = compute_grid(opts.budget)
-    regret = regret_curve(log.trace, score, best, grid)
     row: dict[str, Any] = {
         "strategy": name,
         "search_seed": search_seed,
         "select_seed": select_seed,
         "score_seed": score_seed,
-        "compute_to_within": compute_to_within(log.trace, score, best),
-        "best_saving": best,
+        "best_saving": targets["best"],
+        "selector_config": picked,
+        "selector_saving": targets["selector"],
         "final_incumbent": log.trace[-1][1],
         "trials": len(log.trials),
         "pruned": sum(t.state == "PRUNED" for t in log.trials),
         "distinct_configs": len({t.cfg_id for t in log.trials}),
         "mean_snap_distance": float(np.mean([t.snap_distance for t in log.trials])),
     }
-    for b in (b for b in BUDGETS if b <= opts.budget):
-        row[f"regret_at_{b:g}"] = float(regret[np.searchsorted(grid, b, side="right") - 1])
-    return row, regret
+    regrets = {}
+    for ceiling, target in targets.items():
+        row[f"compute_to_{ceiling}"] = compute_to_within(log.trace, score, target)
+        regrets[ceiling] = regret_curve(log.trace, score, target, grid)
+        for b in (b for b in BUDGETS if b <= opts.budget):
+            at = np.searchsorted(grid, b, side="right") - 1
+            row[f"regret_{ceiling}_at_{b:g}"] = float(regrets[ceiling][at])
+    return row, regrets
 
 
 def compute_grid(budget: float) -> np.ndarray:
@@ -227,14 +249,16 @@ def compute_grid(budget: float) -> np.ndarray:
 
 def replay(
     land: Landscape, names: list[str], opts: argparse.Namespace
-) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Every strategy x search seed x selection seed (the other seed scores)."""
+) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
+    """Every strategy x search seed x selection seed (the other seed scores); the regret curves
+    as curves[ceiling][strategy] (searches x grid)."""
     from progtune.search_driver import asha_rungs  # imports Ray (as the ASHA bracket does)
     from progtune.search_state import reference_config
 
     rungs = asha_rungs(reference_config(land.base), land.vocab_size)
     table, snap = scores(land), SnapTable(land)
-    rows, curves = [], {}
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, dict[str, np.ndarray]] = {c: {} for c in CEILINGS}
     for name in names:
         t0, regrets = time.perf_counter(), []
         for search_seed in range(opts.seeds):
@@ -244,7 +268,8 @@ def replay(
                 )
                 rows.append(row)
                 regrets.append(regret)
-        curves[name] = np.array(regrets)
+        for c in CEILINGS:
+            curves[c][name] = np.array([r[c] for r in regrets])
         print(f"  {name}: {len(regrets)} searches in {time.perf_counter() - t0:.1f} s", flush=True)
     return pd.DataFrame(rows), curves
 
@@ -252,9 +277,11 @@ def replay(
 def landscape_lines(land: Landscape, table: pd.DataFrame, opts: argparse.Namespace) -> list[str]:
     """The landscape, each seed's target and best, what the starting points alone reach, and the
     knobs tpe-reduced pins."""
+    runs = {s: sum(1 for _, seed in land.runs if seed == s) for s in land.seeds}
     lines = [
         f"landscape {land.folder}: {len(land.knobs)} configurations "
-        f"({len(land.searchable)} searchable), seeds {land.seeds}"
+        f"({len(land.searchable)} searchable on every seed), runs per seed {runs}",
+        f"space {opts.space}; default = {strategy('default')}",
     ]
     starts = start_configs(land, SnapTable(land), opts.space)
     for s in land.seeds[:2]:
@@ -286,7 +313,8 @@ def landscape_lines(land: Landscape, table: pd.DataFrame, opts: argparse.Namespa
         lines.append(
             f"a perfect selector on seed {a} scores {100 * got:.1f} % on seed {b}, "
             f"{100 * (best - got):.1f} points below its best (within 2 points: "
-            f"{'yes' if best - got <= 0.02 + 1e-12 else 'no'} - the ceiling of P(within))"
+            f"{'yes' if best - got <= 0.02 + 1e-12 else 'no'} - the ceiling of P(within best); "
+            "P(within selector) compares with this"
         )
     noise, n = seed_noise(table, land.seeds)
     if n and noise > 0:
@@ -299,9 +327,12 @@ def landscape_lines(land: Landscape, table: pd.DataFrame, opts: argparse.Namespa
     return lines
 
 
-def write_outputs(results: pd.DataFrame, curves: dict, text: str, out: Path, budget: float) -> None:
-    table = pa.Table.from_pandas(results, preserve_index=False)
-    write_atomic(out / "replay.parquet", lambda f: pq.write_table(table, f))
+def write_outputs(
+    results: pd.DataFrame, summary: pd.DataFrame, curves: dict, text: str, out: Path, budget: float
+) -> None:
+    for name, frame in (("replay", results), ("summary", summary)):
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        write_atomic(out / f"{name}.parquet", lambda f, t=table: pq.write_table(t, f))
     plot_regret(curves, compute_grid(budget), out / "replay.png")
     write_text_atomic(out / "replay.md", text + "\n")
 
@@ -309,11 +340,19 @@ def write_outputs(results: pd.DataFrame, curves: dict, text: str, out: Path, bud
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("landscape", type=Path, help="landscape folder (bench/landscape.py --out)")
-    p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated names")
+    p.add_argument(
+        "--strategies",
+        default=",".join(strategy_names()),
+        help="comma-separated names; `default` is `progtune search` as shipped",
+    )
     p.add_argument("--seeds", type=int, default=30, help="search seeds per strategy (>= 30)")
     p.add_argument("--slots", type=int, default=2, help="trials running at once (default 2)")
     p.add_argument("--budget", type=float, default=32.0, help="run-equivalents per search")
-    p.add_argument("--space", default="apollo", help="the product's search space (apollo)")
+    p.add_argument(
+        "--space",
+        default=DEFAULT_SPACE,
+        help=f"search space: a shipped name or a .py file (default the product's, {DEFAULT_SPACE})",
+    )
     p.add_argument("--num-samples", type=int, default=8, help="sets TPE's start-up count (8)")
     p.add_argument(
         "--reduce-tolerance",
@@ -333,16 +372,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _check(opts: argparse.Namespace) -> list[str]:
     names = [n for n in opts.strategies.split(",") if n]
-    unknown = [n for n in names if n not in STRATEGIES]
+    unknown = [n for n in names if n not in strategy_names()]
     if unknown or not names:
         raise LandscapeError(
-            f"unknown strategy {unknown or names}; choose from {', '.join(STRATEGIES)}"
+            f"unknown strategy {unknown or names}; choose from {', '.join(strategy_names())}"
         )
+    try:
+        space = load_space(opts.space)
+    except ProgtuneError as exc:
+        raise LandscapeError(str(exc)) from None
+    if space.points is not None:
+        raise LandscapeError(f"space {opts.space} is a list of fixed points: nothing to search")
     if opts.seeds < 1 or opts.slots < 1 or opts.budget <= 0:
         raise LandscapeError("--seeds, --slots and --budget must be positive")
-    if "gp" in names and (why := gp_missing()):
+    if any(strategy(n).sampler == "gp" for n in names) and (why := gp_missing()):
         print(why)
-        names.remove("gp")
+        names = [n for n in names if strategy(n).sampler != "gp"]
         if not names:
             raise LandscapeError("no strategy left to replay (gp needs scipy)")
     return names
@@ -351,6 +396,7 @@ def _check(opts: argparse.Namespace) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    torch.set_num_threads(1)  # GPSampler's torch: threads only contend in this serial loop
     try:
         names = _check(opts)
         land = load_landscape(opts.landscape, opts.reference)
@@ -360,10 +406,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = opts.out or opts.landscape.parent / f"replay-{opts.landscape.name}"
     print("\n".join(landscape_lines(land, scores(land), opts)))
     results, curves = replay(land, names, opts)
-    text = markdown_table(summarize(results, opts.budget))
+    summary = summarize(results, opts.budget)
+    text = markdown_table(summary)
     print(text)
-    write_outputs(results, curves, text, out, opts.budget)
-    print(f"wrote {out}/replay.parquet, replay.png, replay.md")
+    write_outputs(results, summary, curves, text, out, opts.budget)
+    print(f"wrote {out}/replay.parquet, summary.parquet, replay.png, replay.md")
     return 0
 
 

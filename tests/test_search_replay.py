@@ -225,18 +225,21 @@ def test_snap_picks_the_fewest_mismatches_on_a_hand_made_landscape(tmp_path):
         assert dist > 0  # the boundaries and LR differ from every recorded config
 
 
-def write_hand_landscape(folder: Path, base) -> dict[str, str]:
-    """Reference + 3 configs with exactly known savings on each seed (straight-line curves)."""
+def write_hand_landscape(folder: Path, base, speeds=None) -> dict[str, str]:
+    """Reference + 3 configs with exactly known savings on each seed (straight-line curves);
+    `speeds`: each start's speed per seed {label index: (seed 1, seed 2)}, else 2, 1.6, miss."""
     ref = space.scratch(base, 1.0)
     starts = space.starting_points(base)
     # loss falls linearly from 8 to 4 over the reference's FLOPs; a config's curve is the same
     # line at `speed` x (a hit at 1/speed of the FLOPs), or it stops at `floor` (a miss)
-    plan = [(ref, 1.0, None), (starts[0], 2.0, None), (starts[1], 1.6, None), (starts[2], 1.0, 5.0)]
+    speeds = speeds or {0: (2.0, 2.0), 1: (1.6, 1.6), 2: (1.0, 1.0)}
+    plan = [(ref, (1.0, 1.0), None), *((starts[i], speeds[i], None) for i in (0, 1))]
+    plan.append((starts[2], speeds[2], 5.0))
     ids = {}
-    for point, speed, floor in plan:
+    for point, speed_per_seed, floor in plan:
         cfg_id = space.point_id(base, point)
         ids[point.label] = cfg_id
-        for seed in (1, 2):
+        for seed, speed in zip((1, 2), speed_per_seed, strict=True):
             rows = run_rows(base, point, seed, cfg_id, 1.0)
             f_ref = 1e9
             for r in rows:
@@ -325,28 +328,46 @@ def test_a_strategy_that_proposes_the_best_config_scores_one(land):
         log = replay.simulate(land, BestProposer(land, best), None, select, slots=2, budget=8)
         assert {t.cfg_id for t in log.trials} == {best}
         col = table[f"saving_s{score_seed}"]
+        targets, picked = metrics.ceilings(table, select, score_seed)
+        assert picked == best and targets == {"best": col.max(), "selector": col.max()}
         c = metrics.compute_to_within(log.trace, col, col.max())
-        rows.append(
-            {"strategy": "best", "compute_to_within": c, "mean_snap_distance": 0.0, "trials": 1}
-        )
+        rows.append({"strategy": "best", "compute_to_best": c, "compute_to_selector": c})
+        rows[-1] |= {"mean_snap_distance": 0.0, "trials": 1}
     summary = metrics.summarize(pd.DataFrame(rows), budget=8)
-    assert summary.loc[0, "p_at_8"] == 1.0
-    assert "p_at_16" not in summary
+    assert summary.loc[0, "p_within_best_at_8"] == summary.loc[0, "p_within_selector_at_8"] == 1.0
+    assert "p_within_best_at_16" not in summary
 
 
 def test_cli_end_to_end(land_dir, tmp_path):
     t0 = time.perf_counter()
     out = tmp_path / "out"
-    args = [str(land_dir), "--strategies", "random,tpe+starts,asha-after-growth", "--seeds", "2"]
+    names = "default,random,tpe+starts,asha-after-growth"
+    args = [str(land_dir), "--strategies", names, "--seeds", "2"]
     rc = replay.main([*args, "--budget", "8", "--out", str(out)])
     assert rc == 0
     assert time.perf_counter() - t0 < 30
     results = pd.read_parquet(out / "replay.parquet")
-    assert len(results) == 3 * 2 * 2
+    assert len(results) == 4 * 2 * 2
     assert set(results["select_seed"]) == {1, 2}
     assert (results["select_seed"] != results["score_seed"]).all()
+    # the selector's saving is a saving of its config on the scoring seed, never above the best
+    table = metrics.scores(metrics.load_landscape(land_dir))
+    for r in results.itertuples():
+        assert r.selector_saving == table.loc[r.selector_config, f"saving_s{r.score_seed}"]
+        assert r.selector_config == table[f"saving_s{r.select_seed}"].idxmax()
+        assert r.selector_saving <= r.best_saving
+        assert r.compute_to_selector <= r.compute_to_best  # a lower bar is met no later
+        assert r.regret_selector_at_8 == pytest.approx(
+            r.regret_best_at_8 - 100 * (r.best_saving - r.selector_saving)
+        )
+    summary = pd.read_parquet(out / "summary.parquet")
+    assert list(summary["strategy"]) == names.split(",")
+    assert {"p_within_best_at_8", "p_within_selector_at_8_lo", "median_compute_selector_hi"} <= set(
+        summary
+    )
     assert (out / "replay.png").stat().st_size > 1000
-    assert "| tpe+starts |" in (out / "replay.md").read_text()
+    text = (out / "replay.md").read_text()
+    assert "| tpe+starts |" in text and "perfect selector" in text and "| default |" in text
 
 
 def test_bad_input_exits_2(land_dir, tmp_path, capsys):
@@ -371,7 +392,7 @@ def test_bad_input_exits_2(land_dir, tmp_path, capsys):
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("name", list(strategies.STRATEGIES))
+@pytest.mark.parametrize("name", strategies.strategy_names())
 def test_every_strategy_runs_a_short_search(land, name):
     if name == "gp" and strategies.gp_missing():
         pytest.skip(strategies.gp_missing())
@@ -385,7 +406,7 @@ def test_every_strategy_runs_a_short_search(land, name):
     n_starts = len(strategies.start_configs(land, strategies.SnapTable(land), "apollo"))
     started = [t.cfg_id for t in log.trials[:n_starts]]
     wants = strategies.start_configs(land, strategies.SnapTable(land), "apollo")
-    assert (started == wants) == strategies.STRATEGIES[name].starts
+    assert (started == wants) == strategies.strategy(name).starts
 
 
 def test_reduced_space_pins_only_knobs_that_do_not_matter(land):
@@ -449,3 +470,124 @@ def test_another_scratch_lr_can_set_the_target_and_the_space_stays_the_presets(l
     assert other.objective(other.reference_id, 1) == pytest.approx(ref2.total_flops, rel=1e-6)
     with pytest.raises(metrics.LandscapeError, match="no single reference"):
         metrics.load_landscape(land_dir, "scratch lr x7")
+
+
+def test_the_selector_ceiling_is_the_selection_seeds_best_scored_on_the_other_seed(tmp_path):
+    base = small_base(tmp_path)
+    # seed 1: a 50 %, b 62.5 %; seed 2: a 50 %, b 37.5 % - seed 1's best falls back on seed 2
+    # (speeds that hit the target at an eval point: at 3/8 and 5/8 of the reference's FLOPs)
+    speeds = {0: (2.0, 2.0), 1: (8 / 3, 1.6), 2: (1.0, 1.0)}
+    ids = write_hand_landscape(tmp_path / "hand", base, speeds)
+    land = metrics.load_landscape(tmp_path / "hand")
+    a, b = (ids[p.label] for p in space.starting_points(base)[:2])
+    table = metrics.scores(land)
+    targets, picked = metrics.ceilings(table, select_seed=1, score_seed=2)
+    assert picked == b
+    assert targets == pytest.approx({"best": 0.5, "selector": 0.375})
+    targets, picked = metrics.ceilings(table, select_seed=2, score_seed=1)
+    assert (picked, targets["selector"]) == (a, pytest.approx(0.5))
+    assert targets["best"] == pytest.approx(0.625)
+    rows = []
+    for cfg_id in (b, a):  # a search that only proposes b, then one that only proposes a
+        log = replay.simulate(land, BestProposer(land, cfg_id), None, 1, slots=1, budget=4)
+        targets, _ = metrics.ceilings(table, 1, 2)
+        score = table["saving_s2"]
+        row = {
+            f"compute_to_{c}": metrics.compute_to_within(log.trace, score, v)
+            for c, v in targets.items()
+        }
+        rows.append(row | {"strategy": cfg_id, "mean_snap_distance": 0.0, "trials": 4})
+        grid = np.array([0.0, 4.0])
+        regret = metrics.regret_curve(log.trace, score, targets["selector"], grid)
+        assert regret[-1] == pytest.approx(100 * (0.375 - score[cfg_id]))  # a beats it: -12.5
+    # b: 12.5 points below the best, but exactly the selector's; a: within both, from its end
+    assert rows[0]["compute_to_best"] == math.inf
+    assert rows[0]["compute_to_selector"] == rows[1]["compute_to_best"] == pytest.approx(1.0)
+    summary = metrics.summarize(pd.DataFrame(rows), budget=4).set_index("strategy")
+    assert "p_within_best_at_8" not in summary
+    summary = metrics.summarize(pd.DataFrame(rows), budget=8).set_index("strategy")
+    assert summary.loc[b, "p_within_best_at_8"] == 0.0
+    assert summary.loc[b, "p_within_selector_at_8"] == 1.0
+    assert summary.loc[b, "median_compute_selector"] == pytest.approx(1.0)
+    text = metrics.markdown_table(summary.reset_index())
+    assert text.count("| " + b + " | 1 |") == 2  # a row in each ceiling's table
+
+
+def test_default_is_what_the_product_ships_and_follows_its_parser(land, monkeypatch):
+    import argparse
+
+    import progtune.cli as cli
+    from progtune.search_args import DEFAULT_SPACE
+    from progtune.search_state import SearchSettings
+
+    shipped = strategies.strategy("default")
+    assert shipped.starts and not shipped.reduced
+    assert shipped.sampler == SearchSettings.sampler and shipped.scheduler == "none"
+    assert replay.parse_args(["x"]).space == DEFAULT_SPACE
+    real = cli.build_parser
+
+    def patched():
+        parser = real()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices["search"].set_defaults(sampler="random", scheduler="asha", num_samples=20)
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", patched)
+    assert strategies.strategy("default") == strategies.Strategy(
+        "random", starts=True, scheduler="asha", num_samples=20
+    )
+    assert strategies.make_scheduler("default", [1.0, 2.0]) is not None
+    proposer = strategies.make_proposer("default", land, 0, 1, "apollo", 8)
+    assert isinstance(proposer.sampler, __import__("optuna").samplers.RandomSampler)
+
+
+def test_a_knob_the_space_does_not_propose_snaps_at_the_bases_value(land):
+    from progtune.config import flatten
+
+    table = strategies.SnapTable(land)
+    flat = flatten(land.base)
+    row = land.knobs.loc[land.searchable[0]]
+    overrides = {k: replay_value(row[k]) for k in strategies.CATEGORICAL + strategies.FLOATS}
+    overrides["stages.boundaries"] = list(row["stages.boundaries"])
+    without = {k: v for k, v in overrides.items() if k not in ("growth.operator", "lr.peak")}
+    with_base = without | {k: flat[k] for k in ("growth.operator", "lr.peak")}
+    assert table.distances(without) == pytest.approx(table.distances(with_base))
+
+
+SPACE_FILE = '''
+"""A tiny replay space: the 1-2-4 schedule at one boundary, two samplers, the LR."""
+
+
+def define(trial, base):
+    return {
+        "stages.unique_layers": [1, 2, 4],
+        "stages.boundaries": [trial.suggest_float("first", 0.1, 0.5), 0.8],
+        "sampling.strategy": trial.suggest_categorical("sampling.strategy", ["none", "full"]),
+        "lr.peak": trial.suggest_float("lr.peak", base.lr.peak / 2, base.lr.peak * 2, log=True),
+    }
+
+
+def starts(base, pinned):
+    return [{"first": 0.35, "sampling.strategy": "full", "lr.peak": base.lr.peak}]
+'''
+
+
+def test_a_space_file_replays_end_to_end(land_dir, land, tmp_path):
+    path = tmp_path / "tiny_space.py"
+    path.write_text(SPACE_FILE)
+    proposer = strategies.make_proposer("tpe+starts", land, 0, 1, str(path), 8)
+    log = replay.simulate(land, proposer, None, 1, slots=2, budget=4)
+    params = [set(t.params) for t in proposer.study.trials]
+    assert set().union(*params) == {"first", "sampling.strategy", "lr.peak"}
+    first = proposer.study.trials[0].params
+    assert first == {"first": 0.35, "sampling.strategy": "full", "lr.peak": land.base.lr.peak}
+    starts = strategies.start_configs(land, strategies.SnapTable(land), str(path))
+    assert [t.cfg_id for t in log.trials[:1]] == starts
+    out = tmp_path / "out"
+    args = ["--space", str(path), "--strategies", "default,random", "--seeds", "1"]
+    assert replay.main([str(land_dir), *args, "--budget", "4", "--out", str(out)]) == 0
+    assert len(pd.read_parquet(out / "replay.parquet")) == 2 * 2
+    bad = tmp_path / "points.py"
+    bad.write_text("def define(trial):\n    return {}\n\ndef points(base):\n    return [{}]\n")
+    assert replay.main([str(land_dir), "--space", str(bad)]) == 2
+    assert replay.main([str(land_dir), "--space", str(tmp_path / "none.py")]) == 2
