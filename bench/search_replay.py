@@ -281,7 +281,8 @@ def landscape_lines(land: Landscape, table: pd.DataFrame, opts: argparse.Namespa
     lines = [
         f"landscape {land.folder}: {len(land.knobs)} configurations "
         f"({len(land.searchable)} searchable on every seed), runs per seed {runs}",
-        f"space {opts.space}; default = {strategy('default')}",
+        f"space {opts.space} (sha256 {load_space(opts.space).sha256[:12]}); "
+        f"default = {strategy('default')}",
     ]
     starts = start_configs(land, SnapTable(land), opts.space)
     for s in land.seeds[:2]:
