@@ -53,7 +53,7 @@ from replay_strategies import (
 
 from progtune.config import KNOB_TYPES
 from progtune.errors import ProgtuneError
-from progtune.results import saving
+from progtune.results import ADDED_COLUMNS, saving
 from progtune.search_args import DEFAULT_SPACE
 
 FINISHED = ("completed", "diverged")
@@ -72,21 +72,48 @@ LOSS_TOLERANCE = 1e-6  # bitwise deterministic: equal but for float formatting
 SAVING_TOLERANCE = 0.001  # 0.1 points: the same curve evaluated at other points
 
 
+def _plain(value: Any) -> Any:
+    """A knob value from pandas or pyarrow as plain Python: lists, None for any missing value."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (list, tuple, np.ndarray)) or isinstance(b, (list, tuple, np.ndarray)):
-        a, b = list(a if a is not None else []), list(b if b is not None else [])
+    a, b = _plain(a), _plain(b)
+    if isinstance(a, list) or isinstance(b, list):
+        a, b = a or [], b or []
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if a is None or b is None or (isinstance(a, float) and math.isnan(a)):
-        return (a is None or pd.isna(a)) and (b is None or pd.isna(b))
+    if a is None or b is None:
+        return a is None and b is None
     if isinstance(a, float) or isinstance(b, float):
         return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
     return a == b
 
 
 def knob_differences(trial: pd.Series, recorded: pd.Series) -> list[str]:
-    """Training knobs where a real run and a recorded configuration differ."""
+    """Training knobs where a real run and a recorded configuration differ (a column added
+    after one of them was written, empty there, is not compared: results.ADDED_COLUMNS)."""
     names = [k for k in KNOB_TYPES if k not in NOT_TRAINING and k in trial and k in recorded]
-    return [k for k in names if not _same(trial[k], recorded[k])]
+    unknown = {k for k in ADDED_COLUMNS if _plain(trial.get(k)) is None}
+    unknown |= {k for k in ADDED_COLUMNS if _plain(recorded.get(k)) is None}
+    return [k for k in names if k not in unknown and not _same(trial[k], recorded[k])]
+
+
+def scale_lines(trials: pd.DataFrame, land: Landscape) -> list[str]:
+    """The knobs where the real reference run differs from the landscape's: the search did not
+    run at the landscape's scale (its savings are then not comparable run for run)."""
+    ref = trials[trials["role"] == "reference"]
+    if ref.empty:
+        return ["no reference run in this experiment (reused): its scale is not checked"]
+    recorded = land.knobs.loc[land.reference_id]
+    differ = knob_differences(ref.iloc[0], recorded)
+    if not differ:
+        return [f"the reference run is at the landscape's scale ({land.folder.name})"]
+    shown = ", ".join(f"{k} {_plain(ref.iloc[0][k])} vs {_plain(recorded[k])}" for k in differ)
+    return [f"NOT at the landscape's scale (real vs recorded reference): {shown}"]
 
 
 def _overrides(trial: pd.Series) -> dict[str, Any]:
@@ -298,7 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     rows = check_rows(trials, land, SnapTable(land))
-    print("\n".join([*run_lines(rows), "", *summary_lines(rows, trials, land, opts)]))
+    lines = [*scale_lines(trials, land), "", *run_lines(rows), ""]
+    print("\n".join([*lines, *summary_lines(rows, trials, land, opts)]))
     return 0
 
 

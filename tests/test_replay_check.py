@@ -34,7 +34,9 @@ def recorded_knobs(land_dir: Path, cfg_id: str, seed: int) -> dict:
     return {k: v for k, v in summary.items() if k in trials_schema().names}
 
 
-def write_experiment(folder: Path, land_dir: Path, land, seed: int = 1) -> dict[str, str]:
+def write_experiment(
+    folder: Path, land_dir: Path, land, seed: int = 1, knobs: dict | None = None
+) -> dict[str, str]:
     """A reference run and four search trials: two copies of recorded runs (one with its final
     loss changed: it must be flagged), one at 1.05x a recorded LR, and one stopped by ASHA."""
     ref = land.reference(1)
@@ -60,6 +62,7 @@ def write_experiment(folder: Path, land_dir: Path, land, seed: int = 1) -> dict[
             row["lr.peak"] *= 1.05
         rows.append(row)
     for row in rows:
+        row |= knobs or {}
         row["experiment"] = "real"
         row["saving"] = 1 - row["objective"] / c_ref
     folder.mkdir(parents=True)
@@ -101,10 +104,17 @@ def test_cli_prints_the_runs_and_the_replay_beside_the_real_search(land_dir, tmp
     assert out.count("| match |") == 2 and out.count("MISMATCH") == 1
     assert "3 finished search trials; 2 at exact grid points, 1 of them match" in out
     assert "replay of random (3 search seeds" in out
+    assert "the reference run is at the landscape's scale" in out
     write_experiment(tmp_path / "seed0", land_dir, land, seed=0)  # the product's default seed
     assert check.main([str(land_dir), str(tmp_path / "seed0"), "--seeds", "2"]) == 0
     out = capsys.readouterr().out
     assert "ran on seed 0, not recorded here" in out and "seed not recorded" in out
+    tokens = land.base.budget.tokens
+    write_experiment(tmp_path / "other", land_dir, land, knobs={"budget.tokens": 2 * tokens})
+    assert check.main([str(land_dir), str(tmp_path / "other"), "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "NOT at the landscape's scale (real vs recorded reference): budget.tokens " in out
+    assert f"{2 * tokens} vs {tokens}" in out and "| match |" not in out
 
 
 def test_the_written_config_is_the_landscapes_scale_and_the_product_reads_it(land_dir, tmp_path):
