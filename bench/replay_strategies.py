@@ -81,7 +81,8 @@ def _base_knobs(land: Landscape) -> dict[str, Any]:
 class SnapTable:
     """The searchable configurations as arrays; `snap` returns the nearest one and its distance."""
 
-    def __init__(self, land: Landscape):
+    def __init__(self, land: Landscape, untried: bool = False):
+        self.untried = untried  # a proposal snaps to the nearest configuration not yet tried
         self.base = _base_knobs(land)
         rows = land.knobs.loc[land.searchable]
         self.ids = list(land.searchable)
@@ -115,8 +116,14 @@ class SnapTable:
         d += part
         return d
 
-    def snap(self, overrides: dict[str, Any]) -> tuple[str, float]:
+    def snap(
+        self, overrides: dict[str, Any], tried: frozenset[str] = frozenset()
+    ) -> tuple[str, float]:
+        """The nearest configuration; with `untried`, the nearest one not in `tried` (this
+        search's earlier trials) while any is left."""
         d = self.distances(overrides)
+        if self.untried and tried and len(tried) < len(self.ids):
+            d = np.where([c in tried for c in self.ids], np.inf, d)
         i = int(np.argmin(d))
         return self.ids[i], float(d[i])
 

@@ -136,7 +136,7 @@ def _start(
         }
     )
     optuna_trial, overrides = proposer.ask()
-    cfg_id, distance = snap.snap(overrides)
+    cfg_id, distance = snap.snap(overrides, frozenset(t.cfg_id for t in log.trials))
     trial = Trial(len(log.trials), optuna_trial, cfg_id, land.runs[(cfg_id, seed)], now, distance)
     log.trials.append(trial)
     return trial
@@ -256,7 +256,7 @@ def replay(
     from progtune.search_state import reference_config
 
     rungs = asha_rungs(reference_config(land.base), land.vocab_size)
-    table, snap = scores(land), SnapTable(land)
+    table, snap = scores(land), SnapTable(land, untried=opts.snap == "untried")
     rows: list[dict[str, Any]] = []
     curves: dict[str, dict[str, np.ndarray]] = {c: {} for c in CEILINGS}
     for name in names:
@@ -282,7 +282,7 @@ def landscape_lines(land: Landscape, table: pd.DataFrame, opts: argparse.Namespa
         f"landscape {land.folder}: {len(land.knobs)} configurations "
         f"({len(land.searchable)} searchable on every seed), runs per seed {runs}",
         f"space {opts.space} (sha256 {load_space(opts.space).sha256[:12]}); "
-        f"default = {strategy('default')}",
+        f"default = {strategy('default')}; proposals snap to the {opts.snap} configuration",
     ]
     starts = start_configs(land, SnapTable(land), opts.space)
     for s in land.seeds[:2]:
@@ -366,6 +366,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=REFERENCE_LABEL,
         help="label of the run that sets the target (default: scratch at the preset's LR; e.g. "
         "'scratch lr x1.41' for scratch at another LR of the landscape)",
+    )
+    p.add_argument(
+        "--snap",
+        choices=["nearest", "untried"],
+        default="nearest",
+        help="a proposal trains the nearest recorded configuration (default), or the nearest "
+        "one this search has not tried yet: a table cannot reward a proposal next to a tried "
+        "point, and 'untried' stands in for the new point a real search would train there",
     )
     p.add_argument("--out", type=Path, default=None, help="default: LANDSCAPE/../replay-NAME")
     return p.parse_args(argv)

@@ -204,6 +204,24 @@ def test_snap_picks_the_recorded_config_and_the_nearest_lr(land):
         assert d == pytest.approx(math.log(1.1) / table.bound_span)
 
 
+def test_untried_snap_moves_a_repeated_proposal_to_the_next_nearest_config(land):
+    """--snap untried: a proposal whose nearest configuration this search already trained goes
+    to the nearest one it has not; once all are tried, the nearest again. The default keeps
+    the nearest."""
+    cfg_id = land.searchable[0]
+    row = land.knobs.loc[cfg_id]
+    overrides = {k: replay_value(row[k]) for k in strategies.CATEGORICAL + strategies.FLOATS}
+    overrides["stages.boundaries"] = list(row["stages.boundaries"])
+    nearest = strategies.SnapTable(land)
+    untried = strategies.SnapTable(land, untried=True)
+    assert nearest.snap(overrides, frozenset({cfg_id}))[0] == cfg_id
+    d = untried.distances(overrides)
+    order = [untried.ids[i] for i in np.argsort(d, kind="stable")]
+    got, dist = untried.snap(overrides, frozenset({cfg_id}))
+    assert got == order[1] != cfg_id and dist == pytest.approx(np.sort(d)[1])
+    assert untried.snap(overrides, frozenset(untried.ids))[0] == cfg_id
+
+
 def test_snap_picks_the_fewest_mismatches_on_a_hand_made_landscape(tmp_path):
     base = small_base(tmp_path)
     write_hand_landscape(tmp_path / "hand", base)
