@@ -6,14 +6,15 @@ depth sampler (none or LVPS, with LVPS's constants), and the learning rate (peak
 preset's, warmup around the preset's, schedule family, re-warmup after growth). Conditional knobs
 (LVPS constants, boundaries per stage) are only proposed where they apply.
 
-Shaped by the recorded landscape (docs/benchmarks.md 6, 6c: ~170 configurations x 2 seeds on
-Python source and on English prose, cpu-small's model): uniform, edge and full-depth sampling
-reached the target in 0 of 36 configurations on source (8 of 35 on prose) against 50-65 % for no
-sampling, so the sampler is none | lvps; the growth operator made no difference and keeping the
-Adam moments at growth was best on both corpora, so both are the preset's (interpolation, keep;
-pin another on the command line, e.g. growth.operator=stacking); no configuration with 2.5 %
-warmup or half the preset's LR reached the target on source, so the warmup range is 0.5-2.5x the
-preset's and the LR range 0.7-2.8x (centred on 1.4x, the best on both corpora).
+Shaped by the recorded landscape (docs/benchmarks.md 6c, `bench/landscape_knobs.py`: ~80
+configurations x 2 seeds on Python source and on English prose, cpu-small's model at a quarter of
+its batch): uniform, edge and full-depth sampling never reached the target on source (a few did
+on prose) while no sampling was the best level on both, so the sampler is none | lvps; the growth
+operator made little difference and keeping the Adam moments at growth was best on both corpora,
+so both are the preset's (interpolation, keep; set another with KEY=VALUE, e.g.
+growth.operator=stacking); 2.5 % warmup and half the preset's LR never reached the target, so
+the warmup range is 0.5-2.5x the preset's and the LR range 0.7-2.8x (centred on 1.4x: 1-1.41x
+was best on source, 1.41-2x on prose).
 
 Starting points (tried first, then TPE): the landscape's best configuration (doubling schedule,
 first growth at 50 %, then at 60 % of what is left - 1-2-4 @ 0.5, 0.8 at 4 layers -, no depth
