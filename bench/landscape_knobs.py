@@ -19,17 +19,18 @@ import numpy as np
 import pandas as pd
 from replay_metrics import load_landscape, scores
 
+# knob -> its level in each configuration (knobs: the landscape's rows; lr: the preset's peak)
 KNOBS = {
-    "schedule": lambda k: k["stages.unique_layers"].map(lambda v: "-".join(map(str, v))),
-    "first boundary": lambda k: k["stages.boundaries"].map(lambda v: round(float(v[0]), 2)),
-    "last boundary": lambda k: k["stages.boundaries"].map(lambda v: round(float(v[-1]), 1)),
-    "depth sampler": lambda k: k["sampling.strategy"],
-    "operator": lambda k: k["growth.operator"],
-    "Adam moments": lambda k: k["growth.optimizer_state"],
-    "LR x preset": None,  # needs the base LR: filled in table()
-    "warmup": lambda k: k["lr.warmup_fraction"],
-    "LR schedule": lambda k: k["lr.schedule"],
-    "re-warmup": lambda k: k["lr.rewarmup_fraction"],
+    "schedule": lambda k, lr: k["stages.unique_layers"].map(lambda v: "-".join(map(str, v))),
+    "first boundary": lambda k, lr: k["stages.boundaries"].map(lambda v: round(float(v[0]), 2)),
+    "last boundary": lambda k, lr: k["stages.boundaries"].map(lambda v: round(float(v[-1]), 1)),
+    "depth sampler": lambda k, lr: k["sampling.strategy"],
+    "operator": lambda k, lr: k["growth.operator"],
+    "Adam moments": lambda k, lr: k["growth.optimizer_state"],
+    "LR x preset": lambda k, lr: (k["lr.peak"] / lr).round(2),
+    "warmup": lambda k, lr: k["lr.warmup_fraction"],
+    "LR schedule": lambda k, lr: k["lr.schedule"],
+    "re-warmup": lambda k, lr: k["lr.rewarmup_fraction"],
 }
 
 
@@ -46,8 +47,7 @@ def table(folder: Path) -> pd.DataFrame:
     )
     rows = []
     for name, get in KNOBS.items():
-        level = (knobs["lr.peak"] / land.base.lr.peak).round(2) if get is None else get(knobs)
-        for value, g in frame.groupby(level):
+        for value, g in frame.groupby(get(knobs, land.base.lr.peak)):
             rows.append(
                 {
                     "knob": name,
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = p.parse_args(argv)
     for folder in opts.landscapes:
         t = table(folder)
-        print(f"{folder} ({t.groupby('knob')['configs'].sum().iloc[0]} configurations)")
+        print(f"{folder} ({t[t['knob'] == 'schedule']['configs'].sum()} configurations)")
         print(t.to_markdown(index=False) if _has_tabulate() else t.to_string(index=False))
     return 0
 

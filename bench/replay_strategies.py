@@ -4,8 +4,8 @@ configurations, and ASHA's stopping decisions replayed on recorded curves.
 Proposals: a real Optuna study per search, asked through progtune.spaces.call_define (the space's
 own define-by-run code, `apollo` by default, knobs pinned the product's way) with the sampler from
 progtune.optuna_searcher.make_sampler and the space's starting points enqueued by
-progtune.spaces.enqueue_starts. The start-up count mirrors make_searcher's inline formula
-max(2, min(10, num_samples // 2)) (8 samples, the laptop default -> 4): it is not a function there.
+progtune.spaces.enqueue_starts. The start-up count is the product's
+(progtune.optuna_searcher.startup_count: 8 samples, the laptop default -> 4).
 
 Snapping (a table, not a surrogate): a landscape has ~150 configurations over ~10 knobs, too few
 points per dimension for a faithful surrogate, and snapping keeps every score a real recorded
@@ -40,7 +40,7 @@ import optuna
 from replay_metrics import Landscape, Run
 
 from progtune.config import flatten
-from progtune.optuna_searcher import make_sampler
+from progtune.optuna_searcher import make_sampler, startup_count
 from progtune.spaces import Space, call_define, enqueue_starts, load_space, start_points
 
 CATEGORICAL = (
@@ -180,11 +180,6 @@ def strategy(name: str) -> Strategy:
     return product_default() if name == DEFAULT else STRATEGIES[name]
 
 
-def startup_trials(num_samples: int) -> int:
-    """make_searcher's start-up count for `num_samples` trials (mirrored: inline there)."""
-    return max(2, min(10, num_samples // 2))
-
-
 def reduced_pins(land: Landscape, seed: int, tolerance: float = 0.02) -> dict[str, Any]:
     """Knobs that do not matter on `seed`'s scores, pinned to their best level.
 
@@ -256,7 +251,7 @@ def make_proposer(
 ) -> OptunaProposer:
     """Strategy `name`'s proposer: its seeded sampler, starts, and pins for a reduced space."""
     chosen = strategy(name)
-    startup = startup_trials(chosen.num_samples or num_samples)
+    startup = startup_count(chosen.num_samples or num_samples)
     sampler = make_sampler(chosen.sampler, search_seed, startup)
     pinned = reduced_pins(land, select_seed, reduce_tolerance) if chosen.reduced else {}
     return OptunaProposer(load_space(space_name), land, sampler, chosen.starts, pinned)

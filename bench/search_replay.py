@@ -248,15 +248,16 @@ def compute_grid(budget: float) -> np.ndarray:
 
 
 def replay(
-    land: Landscape, names: list[str], opts: argparse.Namespace
+    land: Landscape, names: list[str], opts: argparse.Namespace, table: pd.DataFrame
 ) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
-    """Every strategy x search seed x selection seed (the other seed scores); the regret curves
-    as curves[ceiling][strategy] (searches x grid)."""
+    """Every strategy x search seed x selection seed (the other seed scores; `table`:
+    replay_metrics.scores(land)); the regret curves as curves[ceiling][strategy] (searches x
+    grid)."""
     from progtune.search_driver import asha_rungs  # imports Ray (as the ASHA bracket does)
     from progtune.search_state import reference_config
 
     rungs = asha_rungs(reference_config(land.base), land.vocab_size)
-    table, snap = scores(land), SnapTable(land, untried=opts.snap == "untried")
+    snap = SnapTable(land, untried=opts.snap == "untried")
     rows: list[dict[str, Any]] = []
     curves: dict[str, dict[str, np.ndarray]] = {c: {} for c in CEILINGS}
     for name in names:
@@ -413,8 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = opts.out or opts.landscape.parent / f"replay-{opts.landscape.name}"
-    print("\n".join(landscape_lines(land, scores(land), opts)))
-    results, curves = replay(land, names, opts)
+    table = scores(land)
+    print("\n".join(landscape_lines(land, table, opts)))
+    results, curves = replay(land, names, opts, table)
     summary = summarize(results, opts.budget)
     text = markdown_table(summary)
     print(text)

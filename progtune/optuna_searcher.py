@@ -181,7 +181,7 @@ def make_searcher(
         storage = optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(journal_path)
         )
-    startup = max(2, min(10, settings.num_samples // 2))
+    startup = startup_count(settings.num_samples)
     sampler = make_sampler(settings.sampler, settings.search_seed, startup)
     searcher = ProgtuneOptunaSearch(
         space=SpaceDefine(settings.space, settings.base, settings.pinned),
@@ -198,6 +198,12 @@ def make_searcher(
     # on a journal that already has them; skip_if_exists does not).
     enqueue_starts(searcher._ot_study, settings.space, settings.base, settings.pinned)
     return searcher
+
+
+def startup_count(num_samples: int) -> int:
+    """Random start-up trials (the space's starting points among them) before a model-based
+    sampler proposes: half the trials, at least 2 and at most 10 (8 trials, the default -> 4)."""
+    return max(2, min(10, num_samples // 2))
 
 
 SAMPLERS = ("tpe", "random", "qmc", "gp")  # `--sampler` choices; tpe is the default
