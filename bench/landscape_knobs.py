@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from replay_metrics import load_landscape, scores
+from replay_metrics import LandscapeError, load_landscape, scores
 
 # knob -> its level in each configuration (knobs: the landscape's rows; lr: the preset's peak)
 KNOBS = {
@@ -66,8 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("landscapes", nargs="+", type=Path)
     opts = p.parse_args(argv)
-    for folder in opts.landscapes:
-        t = table(folder)
+    try:
+        tables = {folder: table(folder) for folder in opts.landscapes}
+    except LandscapeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for folder, t in tables.items():
         print(f"{folder} ({t[t['knob'] == 'schedule']['configs'].sum()} configurations)")
         print(t.to_markdown(index=False) if _has_tabulate() else t.to_string(index=False))
     return 0

@@ -21,6 +21,7 @@ landscape = load_bench("landscape")
 metrics = load_bench("replay_metrics")
 strategies = load_bench("replay_strategies")
 replay = load_bench("search_replay")
+knobs = load_bench("landscape_knobs")
 
 EVAL_FRACTIONS = np.linspace(0.0, 1.0, 9)
 
@@ -609,3 +610,22 @@ def test_a_space_file_replays_end_to_end(land_dir, land, tmp_path):
     bad.write_text("def define(trial):\n    return {}\n\ndef points(base):\n    return [{}]\n")
     assert replay.main([str(land_dir), "--space", str(bad)]) == 2
     assert replay.main([str(land_dir), "--space", str(tmp_path / "none.py")]) == 2
+
+
+def test_landscape_knobs_counts_each_level_and_refuses_a_non_landscape(land_dir, tmp_path, capsys):
+    """Per knob, its levels' configurations add up to the searchable ones and a level's hits
+    are those of its configurations; a folder without part files is one line and exit 2."""
+    land = metrics.load_landscape(land_dir)
+    sc = metrics.scores(land)
+    hits = (sc[[f"saving_s{s}" for s in land.seeds]] > 0).any(axis=1)
+    t = knobs.table(land_dir)
+    for _, g in t.groupby("knob"):
+        assert g["configs"].sum() == len(land.searchable)
+        assert g["reach either"].sum() == int(hits.sum())
+    ops = t[t["knob"] == "operator"].set_index("level")
+    for op, row in ops.iterrows():
+        ids = [c for c in land.searchable if land.knobs.loc[c, "growth.operator"] == op]
+        assert row["configs"] == len(ids) and row["reach either"] == int(hits[ids].sum())
+    assert knobs.main([str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a landscape folder" in err[0]
