@@ -113,10 +113,13 @@ class ProgtuneOptunaSearch(OptunaSearch):
             return
         self._tell(trial_id, value, TrialState.COMPLETE)
 
-    def tell_pending(self) -> None:
-        """Tell the trials that finished before the target was known (FAIL if it never was)."""
+    def tell_pending(self, give_up: bool = True) -> None:
+        """Tell the trials that finished before the target was known: FAIL if it never will be
+        (`give_up`); an interrupted search keeps them pending for the run --resume continues."""
         for trial_id in list(self.pending):
             value = self.search_state.objective_of(trial_id)
+            if value is None and not give_up:
+                continue
             if value is None:
                 self._tell(trial_id, None, TrialState.FAIL)  # no target: nothing to rank
             else:

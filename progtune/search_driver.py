@@ -215,9 +215,9 @@ class Search:
         self.setup.board.set.remote(self.state.target)
         self.tell_pending()
 
-    def tell_pending(self) -> None:
+    def tell_pending(self, give_up: bool = True) -> None:
         if self.searcher is not None:
-            self.searcher.tell_pending()
+            self.searcher.tell_pending(give_up)
 
     def wait_for_reference(self) -> None:
         """The reference may still be running when the last trial ends: wait for it."""

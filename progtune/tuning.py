@@ -127,14 +127,14 @@ def _finish(search: Search, results: Any, signalled: bool = False) -> tuple[int,
     """After Tune returns: settle the reference run and the pending tells; the exit code.
     `signalled`: Tune's run ended on a Ctrl-C."""
     settings, state = search.settings, search.state
-    unfinished = sum(1 for r in results if r.error is None and not (r.metrics or {}).get("done"))
+    unfinished = sum(1 for r in results if r.error is None and not _ended(r.metrics or {}))
     unfinished += max(0, _expected_trials(settings) - len(results))
     interrupted = signalled or (bool(unfinished) and settings.time_budget_s is None)
     if not interrupted:
         interrupted = not _reference_waited_for(search)
     if interrupted:
         search.cancel_reference()  # --resume continues it from its stored checkpoint
-    search.tell_pending()
+    search.tell_pending(give_up=not interrupted)  # interrupted: --resume tells them
     if not interrupted:  # --time-budget ended the trials still in flight
         for rec in state.trials.values():
             if rec.status == "running" and rec.role != "reference":
@@ -144,6 +144,13 @@ def _finish(search: Search, results: Any, signalled: bool = False) -> tuple[int,
         return 130, state
     failed = results.num_errors or (state.reference and state.reference.status == "failed")
     return (1 if failed else 0), state
+
+
+def _ended(metrics: dict) -> bool:
+    """Whether a trial's last result says it ended: Tune's `done`, or our trainable's final
+    report. A restored Tuner's trial that ended just before a Ctrl-C may carry its final report
+    without `done` (Ray 2.60 saved it TERMINATED with done False): still ended, not unfinished."""
+    return bool(metrics.get("done") or metrics.get("final"))
 
 
 def _tuner(search: Search, trainable: Any) -> tune.Tuner:

@@ -35,8 +35,8 @@ class _Search:
         self.calls.append("cancel")
         self.reference = None
 
-    def tell_pending(self):
-        self.calls.append("tell")
+    def tell_pending(self, give_up=True):
+        self.calls.append("tell" if give_up else "keep pending")
 
 
 class _Results(list):
@@ -50,7 +50,7 @@ def test_ctrl_c_while_waiting_for_the_reference_interrupts_the_search():
     search = _Search(interrupt=True)
     code, _ = tuning._finish(search, _DONE)
     assert code == 130
-    assert search.calls == ["wait", "cancel", "tell"]
+    assert search.calls == ["wait", "cancel", "keep pending"]
 
 
 def test_a_reference_that_finishes_in_the_wait_ends_the_search_normally():
@@ -74,7 +74,7 @@ def test_a_ctrl_c_tune_caught_after_the_last_trial_interrupts_the_search():
     search = _Search(interrupt=False)
     code, _ = tuning._finish(search, _DONE, signalled=True)
     assert code == 130
-    assert search.calls == ["cancel", "tell"]  # no wait for the reference
+    assert search.calls == ["cancel", "keep pending"]  # no wait for the reference
 
 
 def test_tune_caught_sigint_reads_which_handler_tune_left(monkeypatch):
@@ -92,3 +92,17 @@ def test_tune_caught_sigint_reads_which_handler_tune_left(monkeypatch):
         assert not tuning._tune_caught_sigint(own)
     finally:
         signal.signal(signal.SIGINT, own)
+
+
+def test_a_restored_trial_ended_by_its_final_report_is_not_unfinished():
+    """Ray 2.60 saved a trial that ended just before a Ctrl-C as TERMINATED with its final
+    report but `done` False; the resumed search counted it unfinished and exited 130 without
+    waiting for the reference (CI failure of session 7)."""
+    search = _Search(interrupt=False)
+    restored = _Results([SimpleNamespace(error=None, metrics={"final": True, "done": False})])
+    code, _ = tuning._finish(search, restored)
+    assert code == 0
+    assert search.calls == ["wait", "tell"]
+    unended = _Results([SimpleNamespace(error=None, metrics={"final": False, "done": False})])
+    code, _ = tuning._finish(_Search(interrupt=False), unended)
+    assert code == 130

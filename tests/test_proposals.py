@@ -108,6 +108,22 @@ def test_proposals_fill_free_slots_then_wait_for_every_finished_trial(tmp_path):
     assert study.trials[0].value == pytest.approx(1.5e8)  # FLOPs to 4.5, interpolated
 
 
+def test_an_interrupted_search_keeps_untold_trials_pending_for_its_resume(tmp_path):
+    """CI failure of session 7: a Ctrl-C while the reference trained told the finished trial
+    FAIL, so the resumed search, which then knew the target, could not tell it COMPLETE."""
+    searcher, state, _ = _searcher(tmp_path, num_samples=4, capacity=2)
+    searcher.suggest("a")
+    _train(state, "a", [6.0, 5.0, 4.0])
+    searcher.on_trial_complete("a", {"final": True})
+    searcher.tell_pending(give_up=False)  # interrupted: the target may come on --resume
+    assert searcher.pending == ["a"]
+    assert [t.state.name for t in searcher._ot_study.trials] == ["RUNNING"]
+    state.fixed_target = 4.5
+    searcher.tell_pending(give_up=False)
+    assert [t.state.name for t in searcher._ot_study.trials] == ["COMPLETE"]
+    assert searcher.pending == []
+
+
 def test_a_stopped_trial_is_pruned_with_its_held_out_losses(tmp_path):
     searcher, state, _ = _searcher(tmp_path, num_samples=4, capacity=2)
     searcher.suggest("a")
