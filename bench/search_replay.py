@@ -23,10 +23,12 @@ COMPLETE trial with the lowest objective there - and is scored on the other seed
 both directions count; it is compared with two ceilings (the landscape's best saving on the
 scoring seed, and what a perfect selector reaches there: replay_metrics.CEILINGS). Strategies
 (`default` = `progtune search` as shipped, read from the product), snapping and ASHA:
-bench/replay_strategies.py; scores and metrics: bench/replay_metrics.py. `--space` replays another
-space (a shipped name or a .py file, as `progtune search --space`). Writes DIR/replay.parquet (one
-row per strategy, search seed and selection seed), DIR/summary.parquet (one row per strategy),
-DIR/replay.png (regret vs compute, a panel per ceiling) and DIR/replay.md (the printed tables).
+bench/replay_strategies.py; `--snap surrogate` (values predicted at a proposal's own point, the
+ceilings then): bench/replay_surrogate.py; scores and metrics: bench/replay_metrics.py. `--space`
+replays another space (a shipped name or a .py file, as `progtune search --space`). Writes
+DIR/replay.parquet (one row per strategy, search seed and selection seed), DIR/summary.parquet
+(one row per strategy), DIR/replay.png (regret vs compute, a panel per ceiling) and
+DIR/replay.md (the printed tables).
 Optuna's GPSampler (`gp`) runs torch: the replay holds torch to 1 thread (on a shared 2-core
 machine its default threads made a search 6x slower: 65 s against 11 s).
 """
@@ -79,6 +81,7 @@ from replay_strategies import (
     strategy,
     strategy_names,
 )
+from replay_surrogate import Surrogate
 
 from progtune.atomic import write_atomic, write_text_atomic
 from progtune.errors import ProgtuneError
@@ -97,6 +100,13 @@ class Trial:
     start: float  # simulated clock (FLOPs per slot) when it started
     snap_distance: float
     state: str = "RUNNING"
+    values: dict[int, float] | None = None  # --snap surrogate: predicted objective per seed
+
+    @property
+    def key(self) -> str:
+        """The incumbent's name: its configuration, or nearest~number for an off-grid point."""
+        on_grid = self.values is None or self.snap_distance <= 1e-12
+        return self.cfg_id if on_grid else f"{self.cfg_id}~{self.number}"
 
 
 @dataclass
@@ -114,14 +124,16 @@ def _finish(
 ) -> float:
     """Tell the study how `trial` ended; returns the objective told (inf if none)."""
     trial.state = state
-    value = land.objective(trial.cfg_id, seed) if state == "COMPLETE" else None
+    value = None
+    if state == "COMPLETE":
+        value = trial.values[seed] if trial.values else land.objective(trial.cfg_id, seed)
     curve = [r for r in trial.run.rows() if r["flops"] <= elapsed * (1 + 1e-12)]
     proposer.tell(trial.optuna_trial, state, value, curve)
     return math.inf if value is None else value
 
 
 def _start(
-    log: SearchLog, proposer, snap: SnapTable, land: Landscape, seed: int, now: float, free: int
+    log: SearchLog, proposer, snap: SnapTable | Surrogate, land, seed: int, now: float, free: int
 ) -> Trial:
     """Ask for a proposal into one of `free` slots, snap it and start it at `now`; log what the
     proposal saw (a trial is started the moment it is proposed: none waits unstarted)."""
@@ -136,8 +148,13 @@ def _start(
         }
     )
     optuna_trial, overrides = proposer.ask()
-    cfg_id, distance = snap.snap(overrides, frozenset(t.cfg_id for t in log.trials))
-    trial = Trial(len(log.trials), optuna_trial, cfg_id, land.runs[(cfg_id, seed)], now, distance)
+    values = None
+    if isinstance(snap, Surrogate):  # the nearest run's cost and curve, values at the point
+        cfg_id, distance, values = snap.point(overrides)
+    else:
+        cfg_id, distance = snap.snap(overrides, frozenset(t.cfg_id for t in log.trials))
+    run = land.runs[(cfg_id, seed)]
+    trial = Trial(len(log.trials), optuna_trial, cfg_id, run, now, distance, values=values)
     log.trials.append(trial)
     return trial
 
@@ -149,7 +166,7 @@ def simulate(
     select_seed: int,
     slots: int = 2,
     budget: float = 32.0,
-    snap: SnapTable | None = None,
+    snap: SnapTable | Surrogate | None = None,
 ) -> SearchLog:
     """One asynchronous search on `slots` slots until `budget` run-equivalents are spent."""
     snap = snap or SnapTable(land)
@@ -187,7 +204,7 @@ def simulate(
             state = "FAIL" if trial.run.status == "failed" else "COMPLETE"
         value = _finish(running.pop(number), state, elapsed, proposer, land, select_seed)
         if value < best[0]:
-            best = (value, trial.cfg_id)
+            best = (value, trial.key)
         log.trace.append((spent / land.reference(select_seed).total_flops, best[1]))
 
 
@@ -198,7 +215,7 @@ def replay_one(
     select_seed: int,
     table: pd.DataFrame,
     opts: argparse.Namespace,
-    snap: SnapTable,
+    snap: SnapTable | Surrogate,
     rungs: list[float],
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """One search of strategy `name`: its result row and its regret curve against each ceiling
@@ -217,6 +234,8 @@ def replay_one(
         land, proposer, make_scheduler(name, rungs), select_seed, opts.slots, opts.budget, snap
     )
     score = table[f"saving_s{score_seed}"]
+    if isinstance(snap, Surrogate):
+        score = snap.score_series(score, log.trials, score_seed)
     targets, picked = ceilings(table, select_seed, score_seed)
     grid = compute_grid(opts.budget)
     row: dict[str, Any] = {
@@ -231,6 +250,7 @@ def replay_one(
         "trials": len(log.trials),
         "pruned": sum(t.state == "PRUNED" for t in log.trials),
         "distinct_configs": len({t.cfg_id for t in log.trials}),
+        "distinct_points": len({t.key for t in log.trials}),
         "mean_snap_distance": float(np.mean([t.snap_distance for t in log.trials])),
     }
     regrets = {}
@@ -257,7 +277,9 @@ def replay(
     from progtune.search_state import reference_config
 
     rungs = asha_rungs(reference_config(land.base), land.vocab_size)
-    snap = SnapTable(land, untried=opts.snap == "untried")
+    snap: SnapTable | Surrogate = SnapTable(land, untried=opts.snap == "untried")
+    if opts.snap == "surrogate":
+        snap = Surrogate(land, snap)
     rows: list[dict[str, Any]] = []
     curves: dict[str, dict[str, np.ndarray]] = {c: {} for c in CEILINGS}
     for name in names:
@@ -370,11 +392,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--snap",
-        choices=["nearest", "untried"],
+        choices=["nearest", "untried", "surrogate"],
         default="nearest",
         help="a proposal trains the nearest recorded configuration (default), or the nearest "
         "one this search has not tried yet: a table cannot reward a proposal next to a tried "
-        "point, and 'untried' stands in for the new point a real search would train there",
+        "point, and 'untried' stands in for the new point a real search would train there; "
+        "'surrogate' trains the nearest one's run but tells and scores the objective a k-NN "
+        "surrogate predicts at the proposal's point (bench/replay_surrogate.py)",
     )
     p.add_argument("--out", type=Path, default=None, help="default: LANDSCAPE/../replay-NAME")
     return p.parse_args(argv)
