@@ -30,10 +30,16 @@ class ReferenceKey:
     precision: str | None  # what runtime.precision resolves to: bf16 | fp32
     data_fingerprint: str
     progtune_version: str
+    workers: int = 1  # data-parallel processes (gloo/NCCL sums differ from one process's)
+    compile: bool = False  # runtime.compile (compiled kernels round differently)
 
     def mismatch(self, row: dict[str, Any]) -> str | None:
-        """The first field in which a trials.parquet row differs, as `name X != Y`; else None."""
+        """The first field in which a trials.parquet row differs, as `name X != Y`; else None.
+        A row without a worker count predates data parallelism: one process; without
+        runtime.compile, eager."""
         recorded = {**row, "device_type": str(row.get("device") or "").split(":")[0] or None}
+        recorded["workers"] = plain_value(row.get("workers")) or 1
+        recorded["compile"] = bool(plain_value(row.get("runtime.compile")))
         for f in fields(self):
             want, got = getattr(self, f.name), plain_value(recorded.get(f.name))
             if want is not None and got != want:
@@ -55,7 +61,14 @@ def expected_key(settings: Any, data: Any) -> ReferenceKey:
         from progtune.train import use_bf16
 
         precision = "bf16" if use_bf16(cfg, torch.device("cpu")) else "fp32"
-    return ReferenceKey(config_hash(cfg), threads, device, precision, data.fingerprint, __version__)
+    from progtune.search_settings import trial_layout
+
+    workers = trial_layout(settings.workers_per_trial, settings.gpus_per_trial)[0]
+    fingerprint = data.fingerprint
+    return ReferenceKey(
+        config_hash(cfg), threads, device, precision, fingerprint, __version__, workers,
+        cfg.runtime.compile,
+    )  # fmt: skip
 
 
 def _device_type(gpus_per_trial: float | None, address: str | None) -> str | None:

@@ -60,10 +60,25 @@ def test_a_matching_reference_is_found_and_every_key_field_can_veto_it(tmp_path,
         {"precision": "bf16"},
         {"data_fingerprint": "fp-2"},
         {"progtune_version": "0.0.0"},
+        {"workers": 2},  # a row without a worker count was one process
+        {"compile": True},
     ):
         assert find_reference(_settings(tmp_path, base), _key(base, **change)) is None, change
     # A key field the driver cannot know before the cluster runs it (None) matches any value.
     assert find_reference(_settings(tmp_path, base), _key(base, device_type=None)) is not None
+
+
+def test_a_reference_trained_on_workers_is_reused_only_by_as_many_workers(tmp_path, base):
+    from progtune.reference_reuse import expected_key
+
+    _write_experiment(tmp_path, "two", reference_config(base), workers=2)
+    assert find_reference(_settings(tmp_path, base), _key(base)) is None
+    assert find_reference(_settings(tmp_path, base), _key(base, workers=2)) == f"{tmp_path}/two"
+    # --gpus-per-trial 2 means 2 workers of one GPU each (search_settings.trial_layout)
+    settings = SimpleNamespace(base=base, cpus_per_trial=1, workers_per_trial=1,
+                               gpus_per_trial=2, address=None)  # fmt: skip
+    key = expected_key(settings, SimpleNamespace(fingerprint="fp-1"))
+    assert (key.workers, key.device_type) == (2, "cuda")
 
 
 def test_unfinished_references_and_the_search_itself_are_never_reused(tmp_path, base):
