@@ -127,6 +127,17 @@ class SnapTable:
         i = int(np.argmin(d))
         return self.ids[i], float(d[i])
 
+    def point(
+        self, overrides: dict[str, Any], tried: frozenset[str] = frozenset()
+    ) -> tuple[str, float, None]:
+        """What the simulator asks of a snapper (replay_surrogate.Surrogate too): the
+        configuration a proposal trains, its distance, and no predicted values."""
+        return (*self.snap(overrides, tried), None)
+
+    def score_series(self, score: Any, trials: list, seed: int) -> Any:
+        """The savings a search is scored on: the recorded ones only."""
+        return score
+
 
 @dataclass(frozen=True)
 class Strategy:

@@ -58,8 +58,11 @@ class Surrogate:
         }
         self.best = {s: max(land.saving(c, s) for c in snap.ids) for s in land.seeds}
 
-    def point(self, overrides: dict[str, Any]) -> tuple[str, float, dict[int, float]]:
-        """The nearest configuration, its distance, and the predicted objective on each seed."""
+    def point(
+        self, overrides: dict[str, Any], tried: frozenset[str] = frozenset()
+    ) -> tuple[str, float, dict[int, float]]:
+        """The nearest configuration (`tried` plays no part), its distance, and the predicted
+        objective on each seed."""
         d = self.snap.distances(overrides)
         i = int(np.argmin(d))
         values = {s: self.predict(d, s) for s in self.land.seeds}

@@ -148,11 +148,8 @@ def _start(
         }
     )
     optuna_trial, overrides = proposer.ask()
-    values = None
-    if isinstance(snap, Surrogate):  # the nearest run's cost and curve, values at the point
-        cfg_id, distance, values = snap.point(overrides)
-    else:
-        cfg_id, distance = snap.snap(overrides, frozenset(t.cfg_id for t in log.trials))
+    # the snapped run's cost and curve; a surrogate also predicts the values at the point
+    cfg_id, distance, values = snap.point(overrides, frozenset(t.cfg_id for t in log.trials))
     run = land.runs[(cfg_id, seed)]
     trial = Trial(len(log.trials), optuna_trial, cfg_id, run, now, distance, values=values)
     log.trials.append(trial)
@@ -233,9 +230,7 @@ def replay_one(
     log = simulate(
         land, proposer, make_scheduler(name, rungs), select_seed, opts.slots, opts.budget, snap
     )
-    score = table[f"saving_s{score_seed}"]
-    if isinstance(snap, Surrogate):
-        score = snap.score_series(score, log.trials, score_seed)
+    score = snap.score_series(table[f"saving_s{score_seed}"], log.trials, score_seed)
     targets, picked = ceilings(table, select_seed, score_seed)
     grid = compute_grid(opts.budget)
     row: dict[str, Any] = {

@@ -64,10 +64,9 @@ def expected_key(settings: Any, data: Any) -> ReferenceKey:
     from progtune.search_settings import trial_layout
 
     workers = trial_layout(settings.workers_per_trial, settings.gpus_per_trial)[0]
-    fingerprint = data.fingerprint
     return ReferenceKey(
-        config_hash(cfg), threads, device, precision, fingerprint, __version__, workers,
-        cfg.runtime.compile,
+        config_hash(cfg), threads, device, precision, data.fingerprint, __version__,
+        workers=workers, compile=cfg.runtime.compile,
     )  # fmt: skip
 
 
